@@ -1,0 +1,167 @@
+//! Domain errors and the reasons clients branch on.
+//!
+//! Reasons follow Clerk's error codes in UPPER_SNAKE form; the server puts
+//! them in `google.rpc.ErrorInfo.reason`.
+
+use std::fmt;
+
+/// Reasons carried by errors, stable across releases.
+pub mod reason {
+    /// A value does not have the expected format.
+    pub const FORM_PARAM_FORMAT_INVALID: &str = "FORM_PARAM_FORMAT_INVALID";
+    /// A required value is missing.
+    pub const FORM_PARAM_MISSING: &str = "FORM_PARAM_MISSING";
+    /// A value is longer than allowed.
+    pub const FORM_PARAM_MAX_LENGTH_EXCEEDED: &str = "FORM_PARAM_MAX_LENGTH_EXCEEDED";
+    /// A value is not one of the allowed ones.
+    pub const FORM_PARAM_VALUE_INVALID: &str = "FORM_PARAM_VALUE_INVALID";
+    /// A username is too short or too long.
+    pub const FORM_USERNAME_INVALID_LENGTH: &str = "FORM_USERNAME_INVALID_LENGTH";
+    /// A username has a character outside letters, digits, `_`, `-`, `.`.
+    pub const FORM_USERNAME_INVALID_CHARACTER: &str = "FORM_USERNAME_INVALID_CHARACTER";
+    /// A password is shorter than the minimum.
+    pub const FORM_PASSWORD_LENGTH_TOO_SHORT: &str = "FORM_PASSWORD_LENGTH_TOO_SHORT";
+    /// A password is longer than the maximum.
+    pub const FORM_PASSWORD_LENGTH_TOO_LONG: &str = "FORM_PASSWORD_LENGTH_TOO_LONG";
+    /// The named identifier does not belong to the user.
+    pub const FORM_IDENTIFIER_NOT_FOUND: &str = "FORM_IDENTIFIER_NOT_FOUND";
+    /// The same identifier appears twice in one request.
+    pub const FORM_IDENTIFIER_DUPLICATE: &str = "FORM_IDENTIFIER_DUPLICATE";
+    /// Metadata is not a JSON object, too deep, or over the size limit.
+    pub const METADATA_INVALID: &str = "METADATA_INVALID";
+    /// The three metadata objects together exceed 8 KiB.
+    pub const METADATA_TOO_LARGE: &str = "METADATA_TOO_LARGE";
+    /// A page token is malformed, tampered with, or from another query.
+    pub const PAGE_TOKEN_INVALID: &str = "PAGE_TOKEN_INVALID";
+    /// An identifier (email, phone, username, external id) belongs to
+    /// another user.
+    pub const IDENTIFIER_EXISTS: &str = "IDENTIFIER_EXISTS";
+    /// A primary identifier must be verified.
+    pub const PRIMARY_NOT_VERIFIED: &str = "PRIMARY_NOT_VERIFIED";
+    /// The primary identifier cannot be unset while verified ones exist.
+    pub const PRIMARY_REQUIRED: &str = "PRIMARY_REQUIRED";
+    /// A second factor must be a verified phone number.
+    pub const SECOND_FACTOR_NOT_VERIFIED: &str = "SECOND_FACTOR_NOT_VERIFIED";
+    /// The change would leave the user without any identifier.
+    pub const LAST_IDENTIFIER: &str = "LAST_IDENTIFIER";
+    /// The user has no password to verify against.
+    pub const PASSWORD_NOT_SET: &str = "PASSWORD_NOT_SET";
+    /// The resource does not exist.
+    pub const RESOURCE_NOT_FOUND: &str = "RESOURCE_NOT_FOUND";
+}
+
+/// One bad field of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field in the request, for example `email_addresses[1]`.
+    pub field: String,
+    /// One of [`reason`].
+    pub reason: &'static str,
+    /// Human-readable description, lowercase, no trailing period.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, reason: &'static str, description: impl Into<String>) -> Self {
+        Self { field: field.into(), reason, description: description.into() }
+    }
+
+    /// The same violation reported under a path prefixed by `parent`.
+    #[must_use]
+    pub fn nested(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() { parent.to_owned() } else { format!("{parent}.{}", self.field) };
+        self
+    }
+}
+
+/// Every bad field of a request, collected so the client sees all at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
+    }
+
+    /// Records the error of `result` under `field` and returns its value.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, FieldViolation>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.push(violation.nested(field));
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[FieldViolation] {
+        &self.0
+    }
+
+    /// `Ok(())` when nothing was recorded, the collected violations otherwise.
+    pub fn into_result(self) -> Result<(), DomainError> {
+        if self.0.is_empty() { Ok(()) } else { Err(DomainError::Invalid(self)) }
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", v.field, v.description)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a domain operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The input is malformed; nothing was changed.
+    #[error("invalid argument: {0}")]
+    Invalid(Violations),
+    /// The named resource does not exist.
+    #[error("{resource} not found: {id}")]
+    NotFound { resource: &'static str, id: String },
+    /// An identifier is already taken.
+    #[error("{field} already exists")]
+    AlreadyExists { field: String },
+    /// The current state forbids the operation.
+    #[error("{message}")]
+    FailedPrecondition { reason: &'static str, message: String },
+}
+
+impl DomainError {
+    /// A single-field [`DomainError::Invalid`].
+    pub fn invalid(field: impl Into<String>, reason: &'static str, description: impl Into<String>) -> Self {
+        let mut v = Violations::new();
+        v.push(FieldViolation::new(field, reason, description));
+        Self::Invalid(v)
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition { reason, message: message.into() }
+    }
+
+    pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound { resource, id: id.into() }
+    }
+}
+
+impl From<FieldViolation> for DomainError {
+    fn from(violation: FieldViolation) -> Self {
+        let mut v = Violations::new();
+        v.push(violation);
+        Self::Invalid(v)
+    }
+}

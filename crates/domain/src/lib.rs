@@ -1,0 +1,35 @@
+//! Roster's domain: the `User` aggregate, the validated values it is made of,
+//! and the rules that keep it consistent (primary selection, the last
+//! identifier, second factors, metadata merge and limits).
+//!
+//! Layout:
+//! - [`id`]: prefixed, time-sortable, unguessable ids (`user_…`, `idn_…`).
+//! - [`time`]: millisecond timestamps and the [`time::Clock`] every rule reads.
+//! - [`values`]: newtypes that validate on `parse` (email, phone, username, …).
+//! - [`metadata`]: JSON-object metadata, deep merge and size limits.
+//! - [`password`]: argon2id hashing and verification (synchronous; callers
+//!   run it off their async threads).
+//! - [`user`]: the aggregate and its rules.
+//! - [`error`]: [`DomainError`], field violations and the reasons clients
+//!   branch on.
+//!
+//! Nothing here knows about transport or SQL.
+
+pub mod error;
+pub mod id;
+pub mod metadata;
+pub mod password;
+pub mod time;
+pub mod user;
+pub mod values;
+
+pub use error::{DomainError, FieldViolation, Violations, reason};
+pub use id::{IdentificationId, UserId};
+pub use metadata::Metadata;
+pub use password::{Password, PasswordHash};
+pub use time::{Clock, SystemClock, Timestamp};
+pub use user::{MetadataKind, ProfileChange, 
+    EmailAddress, NewIdentifiers, NewUser, PhoneNumber, User, UserRecord, Verification,
+    VerificationStatus, VerificationStrategy,
+};
+pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

@@ -1,0 +1,886 @@
+//! The user aggregate and its rules.
+//!
+//! A [`User`] owns its email addresses and phone numbers; every change to
+//! them goes through a method here, so the invariants hold whichever store
+//! or API surface made the change:
+//! - a primary email (phone) is always a verified address (number) of the
+//!   same user, and a user with any verified one always has a primary;
+//! - the first verified identifier becomes primary automatically, and
+//!   deleting the primary promotes the oldest remaining verified one;
+//! - a user keeps at least one identifier (email, phone or username);
+//! - a second-factor phone is verified, and the oldest reserved number is
+//!   the default second factor;
+//! - the three metadata objects together stay within 8 KiB.
+//!
+//! Uniqueness across users is the store's job (it lives in the database).
+
+use crate::error::{DomainError, FieldViolation, Violations, reason};
+use crate::id::{IdentificationId, UserId};
+use crate::metadata::{self, Metadata};
+use crate::password::PasswordHash;
+use crate::time::Timestamp;
+use crate::values::{Email, ExternalId, Locale, Name, Phone, Username};
+
+/// Where the proof of an identifier stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationStatus {
+    Unverified,
+    Verified,
+    Failed,
+    Expired,
+}
+
+/// How an identifier was, or is being, verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationStrategy {
+    Admin,
+    EmailCode,
+    PhoneCode,
+    Oauth,
+}
+
+impl VerificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unverified => "unverified",
+            Self::Verified => "verified",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Unverified, Self::Verified, Self::Failed, Self::Expired].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl VerificationStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::EmailCode => "email_code",
+            Self::PhoneCode => "phone_code",
+            Self::Oauth => "oauth",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Admin, Self::EmailCode, Self::PhoneCode, Self::Oauth].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The proof state of an identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub status: VerificationStatus,
+    pub strategy: Option<VerificationStrategy>,
+    /// Codes tried against the current verification.
+    pub attempts: u32,
+    /// When the outstanding code expires.
+    pub expire_at: Option<Timestamp>,
+}
+
+impl Verification {
+    /// Never verified, no code outstanding.
+    pub fn unverified() -> Self {
+        Self { status: VerificationStatus::Unverified, strategy: None, attempts: 0, expire_at: None }
+    }
+
+    /// Verified on a backend caller's word.
+    pub fn admin() -> Self {
+        Self {
+            status: VerificationStatus::Verified,
+            strategy: Some(VerificationStrategy::Admin),
+            attempts: 0,
+            expire_at: None,
+        }
+    }
+
+    fn from_flag(verified: bool) -> Self {
+        if verified { Self::admin() } else { Self::unverified() }
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.status == VerificationStatus::Verified
+    }
+}
+
+/// An email address of a user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmailAddress {
+    pub id: IdentificationId,
+    pub email: Email,
+    pub verification: Verification,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A phone number of a user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhoneNumber {
+    pub id: IdentificationId,
+    pub phone: Phone,
+    pub verification: Verification,
+    pub reserved_for_second_factor: bool,
+    pub default_second_factor: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A user as every API surface sees it. Credentials are not part of it: the
+/// store keeps them in [`UserRecord`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    pub external_id: Option<ExternalId>,
+    pub first_name: Option<Name>,
+    pub last_name: Option<Name>,
+    pub username: Option<Username>,
+    pub locale: Option<Locale>,
+    pub primary_email_address_id: Option<IdentificationId>,
+    pub primary_phone_number_id: Option<IdentificationId>,
+    /// Oldest first: ordered by (`created_at`, `id`), as stored.
+    pub email_addresses: Vec<EmailAddress>,
+    /// Oldest first: ordered by (`created_at`, `id`), as stored.
+    pub phone_numbers: Vec<PhoneNumber>,
+    pub password_enabled: bool,
+    pub public_metadata: Metadata,
+    pub private_metadata: Metadata,
+    pub unsafe_metadata: Metadata,
+    pub banned: bool,
+    pub locked: bool,
+    pub has_image: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_sign_in_at: Option<Timestamp>,
+}
+
+/// Which of a user's metadata objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataKind {
+    Public,
+    Private,
+    Unsafe,
+}
+
+impl MetadataKind {
+    /// Field name in the API.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Public => "public_metadata",
+            Self::Private => "private_metadata",
+            Self::Unsafe => "unsafe_metadata",
+        }
+    }
+}
+
+/// Identifiers for a new user, in request order: the first of each becomes
+/// primary when verified.
+#[derive(Clone, Debug, Default)]
+pub struct NewIdentifiers {
+    pub emails: Vec<Email>,
+    pub phones: Vec<Phone>,
+    /// Create them verified (the backend caller vouches for them).
+    pub verified: bool,
+}
+
+/// Everything needed to create a user, validated.
+#[derive(Clone, Debug, Default)]
+pub struct NewUser {
+    pub identifiers: NewIdentifiers,
+    pub username: Option<Username>,
+    pub external_id: Option<ExternalId>,
+    pub first_name: Option<Name>,
+    pub last_name: Option<Name>,
+    pub locale: Option<Locale>,
+    pub public_metadata: Metadata,
+    pub private_metadata: Metadata,
+    pub unsafe_metadata: Metadata,
+}
+
+fn not_found(what: &'static str, id: &IdentificationId) -> DomainError {
+    DomainError::not_found(what, id.as_str())
+}
+
+impl User {
+    /// Creates a user from validated input at `now`.
+    pub fn create(new: NewUser, now: Timestamp) -> Result<Self, DomainError> {
+        let mut violations = Violations::new();
+        let NewUser { identifiers, username, external_id, first_name, last_name, locale, .. } = new;
+        for (i, email) in identifiers.emails.iter().enumerate() {
+            if identifiers.emails[..i].iter().any(|e| e.normalized() == email.normalized()) {
+                violations.push(FieldViolation::new(
+                    format!("email_addresses[{i}]"),
+                    reason::FORM_IDENTIFIER_DUPLICATE,
+                    "the same email address is given twice",
+                ));
+            }
+        }
+        for (i, phone) in identifiers.phones.iter().enumerate() {
+            if identifiers.phones[..i].contains(phone) {
+                violations.push(FieldViolation::new(
+                    format!("phone_numbers[{i}]"),
+                    reason::FORM_IDENTIFIER_DUPLICATE,
+                    "the same phone number is given twice",
+                ));
+            }
+        }
+        if identifiers.emails.is_empty() && identifiers.phones.is_empty() && username.is_none() {
+            violations.push(FieldViolation::new(
+                "email_addresses",
+                reason::FORM_PARAM_MISSING,
+                "a user needs at least one email address, phone number or username",
+            ));
+        }
+        if let Err(v) = metadata::check_total_size([&new.public_metadata, &new.private_metadata, &new.unsafe_metadata]) {
+            violations.push(v.nested("metadata"));
+        }
+        violations.into_result()?;
+
+        let verification = Verification::from_flag(identifiers.verified);
+        // Identifiers are listed by (created_at, id); ids made in the same
+        // millisecond are handed out in sorted order so the lists keep the
+        // request's order.
+        let mut ids: Vec<IdentificationId> = (0..identifiers.emails.len() + identifiers.phones.len())
+            .map(|_| IdentificationId::generate(now))
+            .collect();
+        ids.sort();
+        let mut ids = ids.into_iter();
+        let mut next_id = || ids.next().unwrap_or_else(|| IdentificationId::generate(now));
+        let email_addresses: Vec<EmailAddress> = identifiers
+            .emails
+            .into_iter()
+            .map(|email| EmailAddress {
+                id: next_id(),
+                email,
+                verification: verification.clone(),
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        let phone_numbers: Vec<PhoneNumber> = identifiers
+            .phones
+            .into_iter()
+            .map(|phone| PhoneNumber {
+                id: next_id(),
+                phone,
+                verification: verification.clone(),
+                reserved_for_second_factor: false,
+                default_second_factor: false,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        let mut user = Self {
+            id: UserId::generate(now),
+            external_id,
+            first_name,
+            last_name,
+            username,
+            locale,
+            primary_email_address_id: None,
+            primary_phone_number_id: None,
+            email_addresses,
+            phone_numbers,
+            password_enabled: false,
+            public_metadata: new.public_metadata,
+            private_metadata: new.private_metadata,
+            unsafe_metadata: new.unsafe_metadata,
+            banned: false,
+            locked: false,
+            has_image: false,
+            created_at: now,
+            updated_at: now,
+            last_sign_in_at: None,
+        };
+        user.ensure_primaries();
+        Ok(user)
+    }
+
+    /// Whether the user has a second factor.
+    pub fn two_factor_enabled(&self) -> bool {
+        self.phone_numbers.iter().any(|p| p.reserved_for_second_factor)
+    }
+
+    pub fn email(&self, id: &IdentificationId) -> Option<&EmailAddress> {
+        self.email_addresses.iter().find(|e| &e.id == id)
+    }
+
+    pub fn phone(&self, id: &IdentificationId) -> Option<&PhoneNumber> {
+        self.phone_numbers.iter().find(|p| &p.id == id)
+    }
+
+    /// The primary email address, if any.
+    pub fn primary_email(&self) -> Option<&EmailAddress> {
+        self.primary_email_address_id.as_ref().and_then(|id| self.email(id))
+    }
+
+    fn email_mut(&mut self, id: &IdentificationId) -> Result<&mut EmailAddress, DomainError> {
+        self.email_addresses.iter_mut().find(|e| &e.id == id).ok_or_else(|| not_found("email address", id))
+    }
+
+    fn phone_mut(&mut self, id: &IdentificationId) -> Result<&mut PhoneNumber, DomainError> {
+        self.phone_numbers.iter_mut().find(|p| &p.id == id).ok_or_else(|| not_found("phone number", id))
+    }
+
+    fn identifier_count(&self) -> usize {
+        self.email_addresses.len() + self.phone_numbers.len() + usize::from(self.username.is_some())
+    }
+
+    fn ensure_identifier_left(&self) -> Result<(), DomainError> {
+        if self.identifier_count() <= 1 {
+            return Err(DomainError::precondition(
+                reason::LAST_IDENTIFIER,
+                "this is the user's last email address, phone number or username; add another one first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives the user a primary email and phone when it has verified ones
+    /// and none is primary: the oldest verified one.
+    fn ensure_primaries(&mut self) {
+        if self.primary_email().is_none() {
+            self.primary_email_address_id =
+                self.email_addresses.iter().find(|e| e.verification.is_verified()).map(|e| e.id.clone());
+        }
+        let has_primary_phone = self.primary_phone_number_id.as_ref().is_some_and(|id| self.phone(id).is_some());
+        if !has_primary_phone {
+            self.primary_phone_number_id =
+                self.phone_numbers.iter().find(|p| p.verification.is_verified()).map(|p| p.id.clone());
+        }
+        if self.phone_numbers.iter().any(|p| p.reserved_for_second_factor)
+            && !self.phone_numbers.iter().any(|p| p.default_second_factor)
+        {
+            if let Some(first) = self.phone_numbers.iter_mut().find(|p| p.reserved_for_second_factor) {
+                first.default_second_factor = true;
+            }
+        }
+    }
+
+    fn touch(&mut self, now: Timestamp) {
+        self.updated_at = now;
+    }
+
+    /// Sets or removes the username; removing it must leave an identifier.
+    pub fn set_username(&mut self, username: Option<Username>, now: Timestamp) -> Result<(), DomainError> {
+        if username.is_none() && self.username.is_some() {
+            self.ensure_identifier_left()?;
+        }
+        self.username = username;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Sets the profile fields that carry no rule beyond their own format.
+    pub fn set_profile(&mut self, change: ProfileChange, now: Timestamp) {
+        let ProfileChange { first_name, last_name, external_id, locale } = change;
+        if let Some(v) = first_name {
+            self.first_name = v;
+        }
+        if let Some(v) = last_name {
+            self.last_name = v;
+        }
+        if let Some(v) = external_id {
+            self.external_id = v;
+        }
+        if let Some(v) = locale {
+            self.locale = v;
+        }
+        self.touch(now);
+    }
+
+    /// Makes a verified email address of this user primary. `None` is only
+    /// accepted when the user has no verified address (there is nothing to
+    /// be primary).
+    pub fn set_primary_email(&mut self, id: Option<&IdentificationId>, now: Timestamp) -> Result<(), DomainError> {
+        const FIELD: &str = "primary_email_address_id";
+        match id {
+            None if self.primary_email_address_id.is_some() => Err(DomainError::precondition(
+                reason::PRIMARY_REQUIRED,
+                "a user with a verified email address must have a primary one",
+            )),
+            None => Ok(()),
+            Some(id) => {
+                let email = self.email(id).ok_or_else(|| {
+                    DomainError::invalid(FIELD, reason::FORM_IDENTIFIER_NOT_FOUND, "not an email address of this user")
+                })?;
+                if !email.verification.is_verified() {
+                    return Err(DomainError::precondition(
+                        reason::PRIMARY_NOT_VERIFIED,
+                        "only a verified email address can be primary",
+                    ));
+                }
+                self.primary_email_address_id = Some(id.clone());
+                self.touch(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes a verified phone number of this user primary; see
+    /// [`Self::set_primary_email`].
+    pub fn set_primary_phone(&mut self, id: Option<&IdentificationId>, now: Timestamp) -> Result<(), DomainError> {
+        const FIELD: &str = "primary_phone_number_id";
+        match id {
+            None if self.primary_phone_number_id.is_some() => Err(DomainError::precondition(
+                reason::PRIMARY_REQUIRED,
+                "a user with a verified phone number must have a primary one",
+            )),
+            None => Ok(()),
+            Some(id) => {
+                let phone = self.phone(id).ok_or_else(|| {
+                    DomainError::invalid(FIELD, reason::FORM_IDENTIFIER_NOT_FOUND, "not a phone number of this user")
+                })?;
+                if !phone.verification.is_verified() {
+                    return Err(DomainError::precondition(
+                        reason::PRIMARY_NOT_VERIFIED,
+                        "only a verified phone number can be primary",
+                    ));
+                }
+                self.primary_phone_number_id = Some(id.clone());
+                self.touch(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds an email address. It becomes primary when asked (it must then
+    /// be verified) or when it is the user's first verified one.
+    pub fn add_email(
+        &mut self,
+        email: Email,
+        verified: bool,
+        primary: bool,
+        now: Timestamp,
+    ) -> Result<IdentificationId, DomainError> {
+        if self.email_addresses.iter().any(|e| e.email.normalized() == email.normalized()) {
+            return Err(DomainError::AlreadyExists { field: "email_address".into() });
+        }
+        if primary && !verified {
+            return Err(DomainError::precondition(reason::PRIMARY_NOT_VERIFIED, "only a verified email address can be primary"));
+        }
+        let id = IdentificationId::generate(now);
+        self.email_addresses.push(EmailAddress {
+            id: id.clone(),
+            email,
+            verification: Verification::from_flag(verified),
+            created_at: now,
+            updated_at: now,
+        });
+        self.email_addresses.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        if primary {
+            self.primary_email_address_id = Some(id.clone());
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(id)
+    }
+
+    /// Adds a phone number; see [`Self::add_email`]. A reserved number must
+    /// be verified.
+    pub fn add_phone(
+        &mut self,
+        phone: Phone,
+        verified: bool,
+        primary: bool,
+        reserved_for_second_factor: bool,
+        now: Timestamp,
+    ) -> Result<IdentificationId, DomainError> {
+        if self.phone_numbers.iter().any(|p| p.phone == phone) {
+            return Err(DomainError::AlreadyExists { field: "phone_number".into() });
+        }
+        if primary && !verified {
+            return Err(DomainError::precondition(reason::PRIMARY_NOT_VERIFIED, "only a verified phone number can be primary"));
+        }
+        if reserved_for_second_factor && !verified {
+            return Err(DomainError::precondition(
+                reason::SECOND_FACTOR_NOT_VERIFIED,
+                "only a verified phone number can be a second factor",
+            ));
+        }
+        let id = IdentificationId::generate(now);
+        self.phone_numbers.push(PhoneNumber {
+            id: id.clone(),
+            phone,
+            verification: Verification::from_flag(verified),
+            reserved_for_second_factor,
+            default_second_factor: false,
+            created_at: now,
+            updated_at: now,
+        });
+        self.phone_numbers.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        if primary {
+            self.primary_phone_number_id = Some(id.clone());
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(id)
+    }
+
+    /// Marks an email address verified or unverified by a backend caller's
+    /// word. The primary address cannot be unverified.
+    pub fn set_email_verified(&mut self, id: &IdentificationId, verified: bool, now: Timestamp) -> Result<(), DomainError> {
+        if !verified && self.primary_email_address_id.as_ref() == Some(id) {
+            return Err(DomainError::precondition(
+                reason::PRIMARY_NOT_VERIFIED,
+                "the primary email address must stay verified; make another address primary first",
+            ));
+        }
+        let email = self.email_mut(id)?;
+        if email.verification.is_verified() != verified {
+            email.verification = Verification::from_flag(verified);
+            email.updated_at = now;
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Marks a phone number verified or unverified by a backend caller's
+    /// word. The primary and reserved numbers cannot be unverified.
+    pub fn set_phone_verified(&mut self, id: &IdentificationId, verified: bool, now: Timestamp) -> Result<(), DomainError> {
+        if !verified && self.primary_phone_number_id.as_ref() == Some(id) {
+            return Err(DomainError::precondition(
+                reason::PRIMARY_NOT_VERIFIED,
+                "the primary phone number must stay verified; make another number primary first",
+            ));
+        }
+        let phone = self.phone_mut(id)?;
+        if !verified && phone.reserved_for_second_factor {
+            return Err(DomainError::precondition(
+                reason::SECOND_FACTOR_NOT_VERIFIED,
+                "a second-factor phone number must stay verified; release it first",
+            ));
+        }
+        if phone.verification.is_verified() != verified {
+            phone.verification = Verification::from_flag(verified);
+            phone.updated_at = now;
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Applies `primary` to an email address: `true` makes it primary,
+    /// `false` is refused on the primary (another must be chosen instead).
+    pub fn set_email_primary_flag(&mut self, id: &IdentificationId, primary: bool, now: Timestamp) -> Result<(), DomainError> {
+        let is_primary = self.primary_email_address_id.as_ref() == Some(id);
+        self.email_mut(id)?;
+        match (primary, is_primary) {
+            (true, _) => self.set_primary_email(Some(id), now),
+            (false, true) => Err(DomainError::precondition(
+                reason::PRIMARY_REQUIRED,
+                "make another email address primary instead of unsetting this one",
+            )),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// Applies `primary` to a phone number; see
+    /// [`Self::set_email_primary_flag`].
+    pub fn set_phone_primary_flag(&mut self, id: &IdentificationId, primary: bool, now: Timestamp) -> Result<(), DomainError> {
+        let is_primary = self.primary_phone_number_id.as_ref() == Some(id);
+        self.phone_mut(id)?;
+        match (primary, is_primary) {
+            (true, _) => self.set_primary_phone(Some(id), now),
+            (false, true) => Err(DomainError::precondition(
+                reason::PRIMARY_REQUIRED,
+                "make another phone number primary instead of unsetting this one",
+            )),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// Reserves a verified phone number for second-factor verification, or
+    /// releases it. The default second factor moves to the oldest other
+    /// reserved number when its own is released.
+    pub fn set_phone_reserved(&mut self, id: &IdentificationId, reserved: bool, now: Timestamp) -> Result<(), DomainError> {
+        let phone = self.phone_mut(id)?;
+        if reserved && !phone.verification.is_verified() {
+            return Err(DomainError::precondition(
+                reason::SECOND_FACTOR_NOT_VERIFIED,
+                "only a verified phone number can be a second factor",
+            ));
+        }
+        if phone.reserved_for_second_factor != reserved {
+            phone.reserved_for_second_factor = reserved;
+            if !reserved {
+                phone.default_second_factor = false;
+            }
+            phone.updated_at = now;
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Removes an email address, promoting the oldest remaining verified
+    /// one when it was primary.
+    pub fn remove_email(&mut self, id: &IdentificationId, now: Timestamp) -> Result<(), DomainError> {
+        self.email_mut(id)?;
+        self.ensure_identifier_left()?;
+        self.email_addresses.retain(|e| &e.id != id);
+        if self.primary_email_address_id.as_ref() == Some(id) {
+            self.primary_email_address_id = None;
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Removes a phone number, promoting the oldest remaining verified one
+    /// when it was primary and passing on the default second factor.
+    pub fn remove_phone(&mut self, id: &IdentificationId, now: Timestamp) -> Result<(), DomainError> {
+        self.phone_mut(id)?;
+        self.ensure_identifier_left()?;
+        self.phone_numbers.retain(|p| &p.id != id);
+        if self.primary_phone_number_id.as_ref() == Some(id) {
+            self.primary_phone_number_id = None;
+        }
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Replaces one metadata object whole.
+    pub fn replace_metadata(&mut self, kind: MetadataKind, value: Metadata, now: Timestamp) -> Result<(), DomainError> {
+        let value = value.without_nulls();
+        let mut next = self.clone();
+        *next.metadata_mut(kind) = value;
+        next.check_metadata_size()?;
+        *self = next;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Deep-merges patches into the metadata objects given.
+    pub fn merge_metadata(&mut self, patches: Vec<(MetadataKind, Metadata)>, now: Timestamp) -> Result<(), DomainError> {
+        let mut next = self.clone();
+        for (kind, patch) in patches {
+            next.metadata_mut(kind).merge(patch);
+        }
+        next.check_metadata_size()?;
+        *self = next;
+        self.touch(now);
+        Ok(())
+    }
+
+    fn metadata_mut(&mut self, kind: MetadataKind) -> &mut Metadata {
+        match kind {
+            MetadataKind::Public => &mut self.public_metadata,
+            MetadataKind::Private => &mut self.private_metadata,
+            MetadataKind::Unsafe => &mut self.unsafe_metadata,
+        }
+    }
+
+    fn check_metadata_size(&self) -> Result<(), DomainError> {
+        metadata::check_total_size([&self.public_metadata, &self.private_metadata, &self.unsafe_metadata])
+            .map_err(|v| DomainError::from(v.nested("metadata")))
+    }
+
+    pub fn set_banned(&mut self, banned: bool, now: Timestamp) {
+        self.banned = banned;
+        self.touch(now);
+    }
+
+    pub fn set_locked(&mut self, locked: bool, now: Timestamp) {
+        self.locked = locked;
+        self.touch(now);
+    }
+}
+
+/// Profile fields to change: `Some(None)` clears, `None` leaves alone.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileChange {
+    pub first_name: Option<Option<Name>>,
+    pub last_name: Option<Option<Name>>,
+    pub external_id: Option<Option<ExternalId>>,
+    pub locale: Option<Option<Locale>>,
+}
+
+/// A user together with its credentials, as the store keeps it. Only the
+/// store and the password checks see this; API surfaces see [`User`].
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub user: User,
+    password_hash: Option<PasswordHash>,
+}
+
+impl UserRecord {
+    /// Joins a user with its password hash, keeping `password_enabled`
+    /// true to the hash.
+    pub fn new(mut user: User, password_hash: Option<PasswordHash>) -> Self {
+        user.password_enabled = password_hash.is_some();
+        Self { user, password_hash }
+    }
+
+    pub fn password_hash(&self) -> Option<&PasswordHash> {
+        self.password_hash.as_ref()
+    }
+
+    /// Sets or removes the password.
+    pub fn set_password(&mut self, hash: Option<PasswordHash>, now: Timestamp) {
+        self.user.password_enabled = hash.is_some();
+        self.password_hash = hash;
+        self.user.updated_at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    fn email(s: &str) -> Email {
+        Email::parse(s).unwrap()
+    }
+
+    fn phone(s: &str) -> Phone {
+        Phone::parse(s).unwrap()
+    }
+
+    fn user(emails: &[&str], phones: &[&str], verified: bool) -> User {
+        User::create(
+            NewUser {
+                identifiers: NewIdentifiers {
+                    emails: emails.iter().map(|e| email(e)).collect(),
+                    phones: phones.iter().map(|p| phone(p)).collect(),
+                    verified,
+                },
+                ..NewUser::default()
+            },
+            T0,
+        )
+        .unwrap()
+    }
+
+    fn reason_of(err: DomainError) -> &'static str {
+        match err {
+            DomainError::FailedPrecondition { reason, .. } => reason,
+            DomainError::Invalid(v) => v.as_slice()[0].reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_identifiers_become_primary_when_verified() {
+        let u = user(&["a@example.com", "b@example.com"], &["+14155550101"], true);
+        assert_eq!(u.primary_email_address_id.as_ref(), Some(&u.email_addresses[0].id));
+        assert_eq!(u.primary_phone_number_id.as_ref(), Some(&u.phone_numbers[0].id));
+        let u = user(&["a@example.com"], &[], false);
+        assert_eq!(u.primary_email_address_id, None);
+    }
+
+    #[test]
+    fn create_needs_an_identifier_and_rejects_duplicates() {
+        let err = User::create(NewUser::default(), T0).unwrap_err();
+        assert_eq!(reason_of(err), reason::FORM_PARAM_MISSING);
+        let err = User::create(
+            NewUser {
+                identifiers: NewIdentifiers {
+                    emails: vec![email("a@example.com"), email("A@EXAMPLE.com")],
+                    ..NewIdentifiers::default()
+                },
+                ..NewUser::default()
+            },
+            T0,
+        )
+        .unwrap_err();
+        let DomainError::Invalid(v) = err else { panic!() };
+        assert_eq!(v.as_slice()[0].field, "email_addresses[1]");
+    }
+
+    #[test]
+    fn first_verified_email_becomes_primary_later() {
+        let mut u = user(&["a@example.com"], &[], false);
+        let t1 = T0.plus_millis(1);
+        let id = u.email_addresses[0].id.clone();
+        u.set_email_verified(&id, true, t1).unwrap();
+        assert_eq!(u.primary_email_address_id.as_ref(), Some(&id));
+        assert_eq!(u.updated_at, t1);
+    }
+
+    #[test]
+    fn primary_must_be_verified_and_own() {
+        let mut u = user(&["a@example.com"], &[], true);
+        let unverified = u.add_email(email("b@example.com"), false, false, T0).unwrap();
+        assert_eq!(reason_of(u.set_primary_email(Some(&unverified), T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
+        let other = IdentificationId::generate(T0);
+        assert_eq!(reason_of(u.set_primary_email(Some(&other), T0).unwrap_err()), reason::FORM_IDENTIFIER_NOT_FOUND);
+        assert_eq!(reason_of(u.add_email(email("c@example.com"), false, true, T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
+        let primary = u.primary_email_address_id.clone().unwrap();
+        assert_eq!(reason_of(u.set_email_verified(&primary, false, T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
+        assert_eq!(reason_of(u.set_primary_email(None, T0).unwrap_err()), reason::PRIMARY_REQUIRED);
+    }
+
+    #[test]
+    fn deleting_primary_promotes_oldest_verified() {
+        let mut u = user(&["a@example.com"], &[], true);
+        let _unverified = u.add_email(email("b@example.com"), false, false, T0.plus_millis(1)).unwrap();
+        let second_verified = u.add_email(email("c@example.com"), true, false, T0.plus_millis(2)).unwrap();
+        let third_verified = u.add_email(email("d@example.com"), true, false, T0.plus_millis(3)).unwrap();
+        let primary = u.primary_email_address_id.clone().unwrap();
+        u.remove_email(&primary, T0.plus_millis(4)).unwrap();
+        assert_eq!(u.primary_email_address_id, Some(second_verified.clone()));
+        u.remove_email(&second_verified, T0.plus_millis(5)).unwrap();
+        assert_eq!(u.primary_email_address_id, Some(third_verified));
+    }
+
+    #[test]
+    fn last_identifier_cannot_go() {
+        let mut u = user(&["a@example.com"], &[], true);
+        let id = u.email_addresses[0].id.clone();
+        assert_eq!(reason_of(u.remove_email(&id, T0).unwrap_err()), reason::LAST_IDENTIFIER);
+        u.set_username(Some(Username::parse("ada_l").unwrap()), T0).unwrap();
+        u.remove_email(&id, T0).unwrap();
+        assert_eq!(u.primary_email_address_id, None);
+        assert_eq!(reason_of(u.set_username(None, T0).unwrap_err()), reason::LAST_IDENTIFIER);
+    }
+
+    #[test]
+    fn second_factor_rules() {
+        let mut u = user(&[], &["+14155550101", "+14155550102"], true);
+        let unverified = u.add_phone(phone("+14155550103"), false, false, false, T0).unwrap();
+        assert_eq!(
+            reason_of(u.set_phone_reserved(&unverified, true, T0).unwrap_err()),
+            reason::SECOND_FACTOR_NOT_VERIFIED
+        );
+        let (a, b) = (u.phone_numbers[0].id.clone(), u.phone_numbers[1].id.clone());
+        u.set_phone_reserved(&b, true, T0).unwrap();
+        u.set_phone_reserved(&a, true, T0).unwrap();
+        assert!(u.phone(&b).unwrap().default_second_factor);
+        assert!(!u.phone(&a).unwrap().default_second_factor);
+        assert!(u.two_factor_enabled());
+        u.set_phone_reserved(&b, false, T0).unwrap();
+        assert!(u.phone(&a).unwrap().default_second_factor);
+        assert_eq!(
+            reason_of(u.set_phone_verified(&a, false, T0).unwrap_err()),
+            reason::PRIMARY_NOT_VERIFIED
+        );
+        u.remove_phone(&a, T0).unwrap();
+        assert!(!u.two_factor_enabled());
+        assert_eq!(u.primary_phone_number_id, Some(b));
+    }
+
+    #[test]
+    fn metadata_limits_are_all_or_nothing() {
+        let mut u = user(&["a@example.com"], &[], true);
+        let big = Metadata::parse(serde_json::json!({"k": "x".repeat(5000)})).unwrap();
+        u.merge_metadata(vec![(MetadataKind::Public, big.clone())], T0).unwrap();
+        let before = u.clone();
+        let err = u.merge_metadata(vec![(MetadataKind::Private, big)], T0).unwrap_err();
+        assert_eq!(reason_of(err), reason::METADATA_TOO_LARGE);
+        assert_eq!(u, before);
+    }
+
+    #[test]
+    fn record_keeps_password_enabled_true() {
+        let u = user(&["a@example.com"], &[], true);
+        let mut r = UserRecord::new(u, None);
+        assert!(!r.user.password_enabled);
+        r.set_password(Some(PasswordHash::from_stored("$argon2id$x".into())), T0);
+        assert!(r.user.password_enabled);
+    }
+}

@@ -1,0 +1,106 @@
+//! Roster's storage contract: the traits the server talks to, the error
+//! every backend reports in, the query planning both SQL backends share, and
+//! the contract test suite every backend must pass.
+//!
+//! Layout:
+//! - [`UserStore`]: the user aggregate's store (users with their email
+//!   addresses and phone numbers).
+//! - [`StorageError`]: conflicts, domain refusals, unavailability.
+//! - [`query`]: list filters, orderings, keyset cursors and page tokens.
+//! - [`exec`]: what SQL backends run in their transactions, over a
+//!   small connection trait.
+//! - [`rows`]: rows as the SQL schemas store them, and their mapping to
+//!   and from the domain.
+//! - [`sql`]: SQL text for listing and counting, shared by the PostgreSQL
+//!   and SQLite backends (same schema, different placeholders).
+//! - [`contract`]: the shared test suite, instantiated per backend with
+//!   [`contract_suite!`].
+
+pub mod contract;
+pub mod exec;
+pub mod query;
+pub mod rows;
+pub mod sql;
+
+use async_trait::async_trait;
+use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
+
+pub use query::{ListQuery, OrderBy, OrderField, Page, SortValue, UserFilter};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A unique identifier (named by `field`) belongs to another user.
+    #[error("{field} already exists")]
+    Conflict { field: String },
+    /// A domain rule refused the change; nothing was written.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// The database cannot be reached; retrying later may succeed.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug or corrupt data. Logged, never shown to clients.
+    #[error("storage failure")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+/// A change to one user, applied inside the store's transaction to the
+/// freshly loaded, locked record. Returning an error rolls back.
+pub type Mutation<'a> = Box<dyn FnOnce(&mut UserRecord) -> Result<(), DomainError> + Send + 'a>;
+
+/// The store of users and their identifiers.
+#[async_trait]
+pub trait UserStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a new user with its identifiers in one transaction.
+    async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError>;
+
+    /// Reads one user with its identifiers.
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError>;
+
+    /// Reads one user with its credentials, for password checks.
+    async fn get_record(&self, id: &UserId) -> Result<Option<UserRecord>, StorageError>;
+
+    /// Loads and locks the user, applies `mutation`, writes what changed and
+    /// commits, all in one transaction; concurrent mutations of one user
+    /// apply one after the other. `Rejected(NotFound)` when the user does
+    /// not exist.
+    async fn update_user(&self, id: &UserId, mutation: Mutation<'_>) -> Result<User, StorageError>;
+
+    /// Deletes the user and everything it owns in one transaction; returns
+    /// the user as it was, or `None` if it did not exist.
+    async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError>;
+
+    /// The owner of an email address or phone number.
+    async fn find_identification_owner(&self, id: &IdentificationId) -> Result<Option<UserId>, StorageError>;
+
+    /// Up to `query.limit` users matching the query, in its order, after its
+    /// cursor.
+    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError>;
+
+    /// Number of users matching the filter.
+    async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError>;
+
+    /// Checks that the database answers, for readiness probes.
+    async fn ping(&self) -> Result<(), StorageError>;
+}
+
+/// Reads one page of users: asks the store for one more than the page size
+/// to learn whether another page follows, and makes its token.
+pub async fn list_page(store: &dyn UserStore, mut query: ListQuery) -> Result<Page, StorageError> {
+    let page_size = query.limit;
+    query.limit = page_size + 1;
+    let mut users = store.list_users(&query).await?;
+    let next_page_token = if users.len() > page_size {
+        users.truncate(page_size);
+        users.last().map(|last| query.next_token(last))
+    } else {
+        None
+    };
+    Ok(Page { users, next_page_token })
+}

@@ -1,0 +1,320 @@
+//! Rows as both SQL schemas store them, and their conversion to and from
+//! the domain. Backends only move these between the database and Rust; the
+//! mapping itself lives here once.
+
+use roster_domain::{
+    Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name, PasswordHash, Phone, PhoneNumber,
+    Timestamp, User, UserId, UserRecord, Username, Verification, VerificationStatus, VerificationStrategy,
+};
+
+use crate::StorageError;
+use crate::sql::Bind;
+
+/// A row of `users`.
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub id: String,
+    pub external_id: Option<String>,
+    /// Empty when absent, so it sorts without NULL handling.
+    pub first_name: String,
+    pub last_name: String,
+    pub username: Option<String>,
+    pub locale: Option<String>,
+    pub primary_email_address_id: Option<String>,
+    pub primary_phone_number_id: Option<String>,
+    pub password_hash: Option<String>,
+    pub public_metadata: String,
+    pub private_metadata: String,
+    pub unsafe_metadata: String,
+    pub banned: bool,
+    pub locked: bool,
+    pub has_image: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_sign_in_at: Option<i64>,
+}
+
+/// A row of `email_addresses`.
+#[derive(Clone, Debug)]
+pub struct EmailRow {
+    pub id: String,
+    pub user_id: String,
+    pub email_address: String,
+    pub verification: VerificationColumns,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A row of `phone_numbers`.
+#[derive(Clone, Debug)]
+pub struct PhoneRow {
+    pub id: String,
+    pub user_id: String,
+    pub phone_number: String,
+    pub verification: VerificationColumns,
+    pub reserved_for_second_factor: bool,
+    pub default_second_factor: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The verification columns shared by both identifier tables.
+#[derive(Clone, Debug)]
+pub struct VerificationColumns {
+    pub status: String,
+    pub strategy: Option<String>,
+    pub attempts: i64,
+    pub expire_at: Option<i64>,
+}
+
+/// Columns of `email_addresses`, in [`EmailRow`] order.
+pub const EMAIL_COLUMNS: &str = "id, user_id, email_address, verification_status, verification_strategy, \
+     verification_attempts, verification_expire_at, created_at, updated_at";
+/// Columns of `phone_numbers`, in [`PhoneRow`] order.
+pub const PHONE_COLUMNS: &str = "id, user_id, phone_number, verification_status, verification_strategy, \
+     verification_attempts, verification_expire_at, reserved_for_second_factor, default_second_factor, \
+     created_at, updated_at";
+
+fn corrupt(what: &str, value: &str) -> StorageError {
+    StorageError::internal(format!("stored {what} is invalid: {value:?}"))
+}
+
+fn metadata(text: &str) -> Result<Metadata, StorageError> {
+    Metadata::from_json_text(text).map_err(StorageError::internal)
+}
+
+fn optional<T, E>(value: Option<&String>, parse: impl Fn(&str) -> Result<Option<T>, E>, what: &str) -> Result<Option<T>, StorageError> {
+    match value {
+        None => Ok(None),
+        Some(v) => parse(v).map_err(|_| corrupt(what, v)),
+    }
+}
+
+fn identification_id(value: &str) -> Result<IdentificationId, StorageError> {
+    IdentificationId::parse(value).map_err(|_| corrupt("identification id", value))
+}
+
+impl VerificationColumns {
+    fn from_domain(v: &Verification) -> Self {
+        Self {
+            status: v.status.as_str().to_owned(),
+            strategy: v.strategy.map(|s| s.as_str().to_owned()),
+            attempts: i64::from(v.attempts),
+            expire_at: v.expire_at.map(Timestamp::as_millis),
+        }
+    }
+
+    fn to_domain(&self) -> Result<Verification, StorageError> {
+        Ok(Verification {
+            status: VerificationStatus::from_name(&self.status).ok_or_else(|| corrupt("verification status", &self.status))?,
+            strategy: match &self.strategy {
+                None => None,
+                Some(s) => Some(VerificationStrategy::from_name(s).ok_or_else(|| corrupt("verification strategy", s))?),
+            },
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            expire_at: self.expire_at.map(Timestamp::from_millis),
+        })
+    }
+
+    fn binds(&self) -> [Bind; 4] {
+        [
+            Bind::Text(self.status.clone()),
+            opt_text(self.strategy.as_ref()),
+            Bind::Int(self.attempts),
+            opt_int(self.expire_at),
+        ]
+    }
+}
+
+/// A nullable text value: SQL NULL is typed, so PostgreSQL infers it.
+fn opt_text(value: Option<&String>) -> Bind {
+    value.map_or(Bind::NullText, |v| Bind::Text(v.clone()))
+}
+
+fn opt_int(value: Option<i64>) -> Bind {
+    value.map_or(Bind::NullInt, Bind::Int)
+}
+
+impl UserRow {
+    pub fn from_record(record: &UserRecord) -> Self {
+        let u = &record.user;
+        Self {
+            id: u.id.to_string(),
+            external_id: u.external_id.as_ref().map(ToString::to_string),
+            first_name: u.first_name.as_ref().map(ToString::to_string).unwrap_or_default(),
+            last_name: u.last_name.as_ref().map(ToString::to_string).unwrap_or_default(),
+            username: u.username.as_ref().map(ToString::to_string),
+            locale: u.locale.as_ref().map(ToString::to_string),
+            primary_email_address_id: u.primary_email_address_id.as_ref().map(ToString::to_string),
+            primary_phone_number_id: u.primary_phone_number_id.as_ref().map(ToString::to_string),
+            password_hash: record.password_hash().map(|h| h.as_str().to_owned()),
+            public_metadata: u.public_metadata.to_json_text(),
+            private_metadata: u.private_metadata.to_json_text(),
+            unsafe_metadata: u.unsafe_metadata.to_json_text(),
+            banned: u.banned,
+            locked: u.locked,
+            has_image: u.has_image,
+            created_at: u.created_at.as_millis(),
+            updated_at: u.updated_at.as_millis(),
+            last_sign_in_at: u.last_sign_in_at.map(Timestamp::as_millis),
+        }
+    }
+
+    /// Values for [`crate::sql::USER_WRITE_COLUMNS`], in order. The derived
+    /// sort and uniqueness columns come from `user`.
+    pub fn binds(&self, user: &User) -> Vec<Bind> {
+        vec![
+            Bind::Text(self.id.clone()),
+            opt_text(self.external_id.as_ref()),
+            Bind::Text(self.first_name.clone()),
+            Bind::Text(self.last_name.clone()),
+            opt_text(self.username.as_ref()),
+            opt_text(user.username.as_ref().map(Username::normalized).as_ref()),
+            opt_text(self.locale.as_ref()),
+            opt_text(self.primary_email_address_id.as_ref()),
+            opt_text(self.primary_phone_number_id.as_ref()),
+            Bind::Text(user.primary_email().map(|e| e.email.normalized()).unwrap_or_default()),
+            opt_text(self.password_hash.as_ref()),
+            Bind::Json(self.public_metadata.clone()),
+            Bind::Json(self.private_metadata.clone()),
+            Bind::Json(self.unsafe_metadata.clone()),
+            Bind::Bool(self.banned),
+            Bind::Bool(self.locked),
+            Bind::Bool(self.has_image),
+            Bind::Int(self.created_at),
+            Bind::Int(self.updated_at),
+            opt_int(self.last_sign_in_at),
+        ]
+    }
+
+    /// Joins the row with its identifiers (any order) into a record.
+    pub fn into_record(self, mut emails: Vec<EmailRow>, mut phones: Vec<PhoneRow>) -> Result<UserRecord, StorageError> {
+        emails.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        phones.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let name = |text: &str| Name::parse(text).map_err(|_| corrupt("name", text));
+        let user = User {
+            id: UserId::parse(&self.id).map_err(|_| corrupt("user id", &self.id))?,
+            external_id: optional(self.external_id.as_ref(), ExternalId::parse, "external id")?,
+            first_name: name(&self.first_name)?,
+            last_name: name(&self.last_name)?,
+            username: optional(self.username.as_ref(), |u| Username::parse(u).map(Some), "username")?,
+            locale: optional(self.locale.as_ref(), Locale::parse, "locale")?,
+            primary_email_address_id: self.primary_email_address_id.as_deref().map(identification_id).transpose()?,
+            primary_phone_number_id: self.primary_phone_number_id.as_deref().map(identification_id).transpose()?,
+            email_addresses: emails.iter().map(EmailRow::to_domain).collect::<Result<_, _>>()?,
+            phone_numbers: phones.iter().map(PhoneRow::to_domain).collect::<Result<_, _>>()?,
+            password_enabled: self.password_hash.is_some(),
+            public_metadata: metadata(&self.public_metadata)?,
+            private_metadata: metadata(&self.private_metadata)?,
+            unsafe_metadata: metadata(&self.unsafe_metadata)?,
+            banned: self.banned,
+            locked: self.locked,
+            has_image: self.has_image,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+            last_sign_in_at: self.last_sign_in_at.map(Timestamp::from_millis),
+        };
+        Ok(UserRecord::new(user, self.password_hash.map(PasswordHash::from_stored)))
+    }
+}
+
+impl EmailRow {
+    pub fn from_domain(user_id: &UserId, e: &EmailAddress) -> Self {
+        Self {
+            id: e.id.to_string(),
+            user_id: user_id.to_string(),
+            email_address: e.email.to_string(),
+            verification: VerificationColumns::from_domain(&e.verification),
+            created_at: e.created_at.as_millis(),
+            updated_at: e.updated_at.as_millis(),
+        }
+    }
+
+    fn to_domain(&self) -> Result<EmailAddress, StorageError> {
+        Ok(EmailAddress {
+            id: identification_id(&self.id)?,
+            email: Email::parse(&self.email_address).map_err(|_| corrupt("email address", &self.email_address))?,
+            verification: self.verification.to_domain()?,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+        })
+    }
+
+    /// Values for [`crate::sql::EMAIL_WRITE_COLUMNS`], in order.
+    pub fn binds(&self) -> Vec<Bind> {
+        let mut binds = vec![
+            Bind::Text(self.id.clone()),
+            Bind::Text(self.user_id.clone()),
+            Bind::Text(self.email_address.clone()),
+            Bind::Text(self.email_address.to_lowercase()),
+        ];
+        binds.extend(self.verification.binds());
+        binds.extend([Bind::Int(self.created_at), Bind::Int(self.updated_at)]);
+        binds
+    }
+}
+
+impl PhoneRow {
+    pub fn from_domain(user_id: &UserId, p: &PhoneNumber) -> Self {
+        Self {
+            id: p.id.to_string(),
+            user_id: user_id.to_string(),
+            phone_number: p.phone.to_string(),
+            verification: VerificationColumns::from_domain(&p.verification),
+            reserved_for_second_factor: p.reserved_for_second_factor,
+            default_second_factor: p.default_second_factor,
+            created_at: p.created_at.as_millis(),
+            updated_at: p.updated_at.as_millis(),
+        }
+    }
+
+    fn to_domain(&self) -> Result<PhoneNumber, StorageError> {
+        Ok(PhoneNumber {
+            id: identification_id(&self.id)?,
+            phone: Phone::parse(&self.phone_number).map_err(|_| corrupt("phone number", &self.phone_number))?,
+            verification: self.verification.to_domain()?,
+            reserved_for_second_factor: self.reserved_for_second_factor,
+            default_second_factor: self.default_second_factor,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+        })
+    }
+
+    /// Values for [`crate::sql::PHONE_WRITE_COLUMNS`], in order.
+    pub fn binds(&self) -> Vec<Bind> {
+        let mut binds = vec![
+            Bind::Text(self.id.clone()),
+            Bind::Text(self.user_id.clone()),
+            Bind::Text(self.phone_number.clone()),
+        ];
+        binds.extend(self.verification.binds());
+        binds.extend([
+            Bind::Bool(self.reserved_for_second_factor),
+            Bind::Bool(self.default_second_factor),
+            Bind::Int(self.created_at),
+            Bind::Int(self.updated_at),
+        ]);
+        binds
+    }
+}
+
+/// Groups identifier rows by user and joins them to their user rows,
+/// keeping the user rows' order.
+pub fn assemble(users: Vec<UserRow>, emails: Vec<EmailRow>, phones: Vec<PhoneRow>) -> Result<Vec<UserRecord>, StorageError> {
+    let mut emails_by_user: std::collections::HashMap<String, Vec<EmailRow>> = std::collections::HashMap::new();
+    for e in emails {
+        emails_by_user.entry(e.user_id.clone()).or_default().push(e);
+    }
+    let mut phones_by_user: std::collections::HashMap<String, Vec<PhoneRow>> = std::collections::HashMap::new();
+    for p in phones {
+        phones_by_user.entry(p.user_id.clone()).or_default().push(p);
+    }
+    users
+        .into_iter()
+        .map(|u| {
+            let emails = emails_by_user.remove(&u.id).unwrap_or_default();
+            let phones = phones_by_user.remove(&u.id).unwrap_or_default();
+            u.into_record(emails, phones)
+        })
+        .collect()
+}

@@ -1,0 +1,414 @@
+//! SQL shared by the PostgreSQL and SQLite backends.
+//!
+//! Both schemas use the same table and column names, so listing and
+//! counting differ only in placeholders (`$1` against `?`). Building the
+//! statements once here keeps the two backends' filtering and ordering
+//! semantics identical; the contract suite checks they are.
+
+use std::fmt::Write as _;
+
+use roster_domain::{EmailAddress, IdentificationId, PhoneNumber};
+
+use crate::query::{ListQuery, OrderField, SortValue, UserFilter};
+
+/// Which placeholder syntax to emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// A value bound to a placeholder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    /// A JSON document given as text (`jsonb` in PostgreSQL, text in
+    /// SQLite).
+    Json(String),
+    /// NULL of a text column.
+    NullText,
+    /// NULL of an integer column.
+    NullInt,
+}
+
+/// SQL text with its bound values, in placeholder order.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+}
+
+/// Columns of `users u` every backend selects to build a user, in this
+/// order.
+/// Metadata is read as text in both dialects.
+pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, u.username, u.locale, \
+     u.primary_email_address_id, u.primary_phone_number_id, u.password_hash, \
+     CAST(u.public_metadata AS TEXT), CAST(u.private_metadata AS TEXT), CAST(u.unsafe_metadata AS TEXT), \
+     u.banned, u.locked, u.has_image, u.created_at, u.updated_at, u.last_sign_in_at";
+
+/// Columns [`crate::rows::UserRow::binds`] writes, in order.
+pub const USER_WRITE_COLUMNS: [&str; 20] = [
+    "id",
+    "external_id",
+    "first_name",
+    "last_name",
+    "username",
+    "username_normalized",
+    "locale",
+    "primary_email_address_id",
+    "primary_phone_number_id",
+    "primary_email_sort",
+    "password_hash",
+    "public_metadata",
+    "private_metadata",
+    "unsafe_metadata",
+    "banned",
+    "locked",
+    "has_image",
+    "created_at",
+    "updated_at",
+    "last_sign_in_at",
+];
+
+/// Columns [`crate::rows::EmailRow::binds`] writes, in order.
+pub const EMAIL_WRITE_COLUMNS: [&str; 10] = [
+    "id",
+    "user_id",
+    "email_address",
+    "email_normalized",
+    "verification_status",
+    "verification_strategy",
+    "verification_attempts",
+    "verification_expire_at",
+    "created_at",
+    "updated_at",
+];
+
+/// Columns [`crate::rows::PhoneRow::binds`] writes, in order.
+pub const PHONE_WRITE_COLUMNS: [&str; 11] = [
+    "id",
+    "user_id",
+    "phone_number",
+    "verification_status",
+    "verification_strategy",
+    "verification_attempts",
+    "verification_expire_at",
+    "reserved_for_second_factor",
+    "default_second_factor",
+    "created_at",
+    "updated_at",
+];
+
+struct Builder {
+    dialect: Dialect,
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Builder {
+    fn new(dialect: Dialect, sql: &str) -> Self {
+        Self { dialect, sql: sql.to_owned(), binds: Vec::new() }
+    }
+
+    fn push(&mut self, text: &str) {
+        self.sql.push_str(text);
+    }
+
+    fn bind(&mut self, value: Bind) {
+        let json = matches!(value, Bind::Json(_));
+        self.binds.push(value);
+        match self.dialect {
+            Dialect::Postgres if json => {
+                let _ = write!(self.sql, "CAST(${} AS jsonb)", self.binds.len());
+            }
+            Dialect::Postgres => {
+                let _ = write!(self.sql, "${}", self.binds.len());
+            }
+            Dialect::Sqlite => self.sql.push('?'),
+        }
+    }
+
+    fn bind_list<I: IntoIterator<Item = Bind>>(&mut self, values: I) {
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self.push(")");
+    }
+
+    fn finish(self) -> Statement {
+        Statement { sql: self.sql, binds: self.binds }
+    }
+}
+
+/// The expression a field sorts on; indexes exist on each (see the
+/// migrations), and [`OrderField::value_of`] computes the same in Rust.
+pub fn sort_expression(field: OrderField) -> &'static str {
+    match field {
+        OrderField::CreatedAt => "u.created_at",
+        OrderField::UpdatedAt => "u.updated_at",
+        OrderField::LastSignInAt => "COALESCE(u.last_sign_in_at, 0)",
+        OrderField::EmailAddress => "u.primary_email_sort",
+        OrderField::Username => "COALESCE(u.username_normalized, '')",
+        OrderField::FirstName => "u.first_name",
+        OrderField::LastName => "u.last_name",
+    }
+}
+
+/// Escapes `LIKE` wildcards so a query matches literally.
+fn like_pattern(query: &str) -> String {
+    let mut pattern = String::with_capacity(query.len() + 2);
+    pattern.push('%');
+    for c in query.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn texts<'a, I: IntoIterator<Item = &'a String>>(values: I) -> impl Iterator<Item = Bind> {
+    values.into_iter().map(|v| Bind::Text(v.clone())).collect::<Vec<_>>().into_iter()
+}
+
+fn push_filter(b: &mut Builder, filter: &UserFilter) {
+    b.push(" WHERE 1 = 1");
+    if !filter.user_ids.is_empty() {
+        b.push(" AND u.id IN ");
+        b.bind_list(filter.user_ids.iter().map(|id| Bind::Text(id.to_string())));
+    }
+    if !filter.email_addresses.is_empty() {
+        b.push(" AND u.id IN (SELECT e.user_id FROM email_addresses e WHERE e.email_normalized IN ");
+        b.bind_list(texts(&filter.email_addresses));
+        b.push(")");
+    }
+    if !filter.phone_numbers.is_empty() {
+        b.push(" AND u.id IN (SELECT p.user_id FROM phone_numbers p WHERE p.phone_number IN ");
+        b.bind_list(filter.phone_numbers.iter().map(|p| Bind::Text(p.to_string())));
+        b.push(")");
+    }
+    if !filter.usernames.is_empty() {
+        b.push(" AND u.username_normalized IN ");
+        b.bind_list(texts(&filter.usernames));
+    }
+    if !filter.external_ids.is_empty() {
+        b.push(" AND u.external_id IN ");
+        b.bind_list(texts(&filter.external_ids));
+    }
+    if let Some(query) = &filter.query {
+        let pattern = like_pattern(query);
+        let columns = [
+            "u.id",
+            "lower(u.first_name)",
+            "lower(u.last_name)",
+            "u.username_normalized",
+            "lower(u.external_id)",
+        ];
+        b.push(" AND (");
+        for (i, column) in columns.iter().enumerate() {
+            if i > 0 {
+                b.push(" OR ");
+            }
+            b.push(column);
+            b.push(" LIKE ");
+            b.bind(Bind::Text(pattern.clone()));
+            b.push(" ESCAPE '\\'");
+        }
+        b.push(" OR EXISTS (SELECT 1 FROM email_addresses e WHERE e.user_id = u.id AND e.email_normalized LIKE ");
+        b.bind(Bind::Text(pattern.clone()));
+        b.push(" ESCAPE '\\')");
+        b.push(" OR EXISTS (SELECT 1 FROM phone_numbers p WHERE p.user_id = u.id AND p.phone_number LIKE ");
+        b.bind(Bind::Text(pattern));
+        b.push(" ESCAPE '\\'))");
+    }
+    if let Some(banned) = filter.banned {
+        b.push(" AND u.banned = ");
+        b.bind(Bind::Bool(banned));
+    }
+    if let Some(after) = filter.created_after {
+        b.push(" AND u.created_at >= ");
+        b.bind(Bind::Int(after.as_millis()));
+    }
+    if let Some(before) = filter.created_before {
+        b.push(" AND u.created_at < ");
+        b.bind(Bind::Int(before.as_millis()));
+    }
+}
+
+/// `SELECT` of one page of user rows ([`USER_COLUMNS`]).
+pub fn list_users(query: &ListQuery, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("SELECT {USER_COLUMNS} FROM users u"));
+    push_filter(&mut b, &query.filter);
+    let sort = sort_expression(query.order.field);
+    let (cmp, dir) = if query.order.descending { ("<", "DESC") } else { (">", "ASC") };
+    if let Some(cursor) = &query.after {
+        b.push(&format!(" AND ({sort}, u.id) {cmp} ("));
+        b.bind(match &cursor.value {
+            SortValue::Int(i) => Bind::Int(*i),
+            SortValue::Text(t) => Bind::Text(t.clone()),
+        });
+        b.push(", ");
+        b.bind(Bind::Text(cursor.id.clone()));
+        b.push(")");
+    }
+    b.push(&format!(" ORDER BY {sort} {dir}, u.id {dir} LIMIT "));
+    b.bind(Bind::Int(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+    b.finish()
+}
+
+/// `SELECT count(*)` of the users matching a filter.
+pub fn count_users(filter: &UserFilter, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, "SELECT count(*) FROM users u");
+    push_filter(&mut b, filter);
+    b.finish()
+}
+
+/// `INSERT` of one row; `binds` follow `columns`.
+pub fn insert(table: &str, columns: &[&str], binds: Vec<Bind>, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")));
+    b.bind_list(binds);
+    b.finish()
+}
+
+/// `UPDATE` of one row by id; `binds` follow `columns`, whose first is `id`.
+pub fn update_by_id(table: &str, columns: &[&str], binds: Vec<Bind>, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("UPDATE {table} SET "));
+    let mut binds = binds.into_iter();
+    let id = binds.next();
+    for (i, (column, value)) in columns.iter().skip(1).zip(binds).enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.push(column);
+        b.push(" = ");
+        b.bind(value);
+    }
+    b.push(" WHERE id = ");
+    b.bind(id.unwrap_or(Bind::NullText));
+    b.finish()
+}
+
+/// `DELETE` of rows by id.
+pub fn delete_by_ids(table: &str, ids: &[&IdentificationId], dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("DELETE FROM {table} WHERE id IN "));
+    b.bind_list(ids.iter().map(|id| Bind::Text(id.to_string())));
+    b.finish()
+}
+
+/// `SELECT` of the identifier rows (`columns`) of several users.
+pub fn identifiers_of(table: &str, columns: &str, user_ids: &[&str], dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("SELECT {columns} FROM {table} WHERE user_id IN "));
+    b.bind_list(user_ids.iter().map(|id| Bind::Text((*id).to_owned())));
+    b.finish()
+}
+
+/// `DELETE` of one user.
+pub fn delete_user(id: &str, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, "DELETE FROM users WHERE id = ");
+    b.bind(Bind::Text(id.to_owned()));
+    b.finish()
+}
+
+/// `SELECT` of the owner of an email address or phone number.
+pub fn identification_owner(id: &str, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, "SELECT user_id FROM email_addresses WHERE id = ");
+    b.bind(Bind::Text(id.to_owned()));
+    b.push(" UNION ALL SELECT user_id FROM phone_numbers WHERE id = ");
+    b.bind(Bind::Text(id.to_owned()));
+    b.finish()
+}
+
+/// `SELECT` of one user row by id; `lock` adds `FOR UPDATE` (PostgreSQL
+/// only: SQLite transactions lock the whole database).
+pub fn user_by_id(id: &str, lock: bool, dialect: Dialect) -> Statement {
+    let mut b = Builder::new(dialect, &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = "));
+    b.bind(Bind::Text(id.to_owned()));
+    if lock && dialect == Dialect::Postgres {
+        b.push(" FOR UPDATE");
+    }
+    b.finish()
+}
+
+/// Rows of one user's (or page's) identifiers to delete, insert and update
+/// so that the stored ones become `new`.
+#[derive(Debug)]
+pub struct Diff<'a, T> {
+    pub removed: Vec<&'a IdentificationId>,
+    pub added: Vec<&'a T>,
+    pub changed: Vec<&'a T>,
+}
+
+/// Something with an identification id.
+pub trait Identified: PartialEq {
+    fn identification_id(&self) -> &IdentificationId;
+}
+
+impl Identified for EmailAddress {
+    fn identification_id(&self) -> &IdentificationId {
+        &self.id
+    }
+}
+
+impl Identified for PhoneNumber {
+    fn identification_id(&self) -> &IdentificationId {
+        &self.id
+    }
+}
+
+/// Compares stored identifiers with the mutated ones by id.
+pub fn diff<'a, T: Identified>(old: &'a [T], new: &'a [T]) -> Diff<'a, T> {
+    let find = |list: &'a [T], id: &IdentificationId| list.iter().find(|x| x.identification_id() == id);
+    Diff {
+        removed: old
+            .iter()
+            .filter(|o| find(new, o.identification_id()).is_none())
+            .map(Identified::identification_id)
+            .collect(),
+        added: new.iter().filter(|n| find(old, n.identification_id()).is_none()).collect(),
+        changed: new
+            .iter()
+            .filter(|n| find(old, n.identification_id()).is_some_and(|o| o != *n))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{Cursor, OrderBy};
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let filter = UserFilter { usernames: vec!["a".into(), "b".into()], banned: Some(false), ..UserFilter::default() };
+        let pg = count_users(&filter, Dialect::Postgres);
+        assert!(pg.sql.contains("u.username_normalized IN ($1, $2)") && pg.sql.contains("u.banned = $3"), "{}", pg.sql);
+        let lite = count_users(&filter, Dialect::Sqlite);
+        assert!(lite.sql.contains("IN (?, ?)"));
+        assert_eq!(lite.binds.len(), 3);
+    }
+
+    #[test]
+    fn keyset_direction_matches_order() {
+        let q = ListQuery {
+            filter: UserFilter::default(),
+            order: OrderBy { field: OrderField::Username, descending: true },
+            after: Some(Cursor { value: SortValue::Text("m".into()), id: "user_x".into() }),
+            limit: 3,
+        };
+        let s = list_users(&q, Dialect::Postgres);
+        assert!(s.sql.contains("(COALESCE(u.username_normalized, ''), u.id) < ($1, $2)"), "{}", s.sql);
+        assert!(s.sql.ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3"));
+    }
+
+    #[test]
+    fn like_wildcards_are_literal() {
+        assert_eq!(like_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
+    }
+}

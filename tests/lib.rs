@@ -1,0 +1,1 @@
+//! Shared nothing: the end-to-end tests live in `e2e/`.
