@@ -1,1 +1,284 @@
+//! Roster's PostgreSQL store: the production store and the path to scale.
+//! Many stateless Roster replicas share one database.
+//!
+//! Writes run in READ COMMITTED transactions that lock the user's row with
+//! `SELECT … FOR UPDATE` before reading its identifiers, so concurrent
+//! mutations of one user apply one after the other, on any replica.
+//! Uniqueness races end in the database's unique indexes, whose constraint
+//! names map to the API field they protect. Statements and transaction
+//! bodies come from `roster_storage`'s `sql` and `exec` modules, shared with
+//! the SQLite store; this crate binds values, decodes rows and maps errors.
+//! Migrations take PostgreSQL's advisory lock, so replicas starting
+//! together migrate once.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
+use roster_storage::exec::{self, SqlConn};
+use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
+use roster_storage::sql::{self, Bind, Dialect, Statement};
+use roster_storage::{ListQuery, Mutation, StorageError, UserFilter, UserStore};
+use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+// Every statement is built by `roster_storage::sql` from fixed fragments;
+// values always travel as bind parameters.
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// Pool settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConfig {
+    /// Most connections this replica opens.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing with
+    /// UNAVAILABLE instead of hanging.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+fn map_error(error: sqlx::Error) -> StorageError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let field = match db.constraint() {
+                Some("email_addresses_unique") => "email_address",
+                Some("phone_numbers_unique") => "phone_number",
+                Some("users_username_unique") => "username",
+                Some("users_external_id_unique") => "external_id",
+                _ => return StorageError::internal(error),
+            };
+            StorageError::Conflict { field: field.to_owned() }
+        }
+        // Class 08 is "connection exception", 57P0x "operator intervention"
+        // (shutdown), 53300 "too many connections": worth retrying.
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300") =>
+        {
+            StorageError::Unavailable(Box::new(error))
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            StorageError::Unavailable(Box::new(error))
+        }
+        _ => StorageError::internal(error),
+    }
+}
+
+fn arguments(binds: Vec<Bind>) -> PgArguments {
+    use sqlx::Arguments as _;
+    let mut args = PgArguments::default();
+    for bind in binds {
+        // Adding a value of a supported type cannot fail.
+        let _ = match bind {
+            Bind::Text(v) | Bind::Json(v) => args.add(v),
+            Bind::Int(v) => args.add(v),
+            Bind::Bool(v) => args.add(v),
+            Bind::NullText => args.add(None::<String>),
+            Bind::NullInt => args.add(None::<i64>),
+        };
+    }
+    args
+}
+
+fn verification(row: &PgRow, first: usize) -> Result<VerificationColumns, sqlx::Error> {
+    Ok(VerificationColumns {
+        status: row.try_get(first)?,
+        strategy: row.try_get(first + 1)?,
+        attempts: row.try_get(first + 2)?,
+        expire_at: row.try_get(first + 3)?,
+    })
+}
+
+fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get(0)?,
+        external_id: row.try_get(1)?,
+        first_name: row.try_get(2)?,
+        last_name: row.try_get(3)?,
+        username: row.try_get(4)?,
+        locale: row.try_get(5)?,
+        primary_email_address_id: row.try_get(6)?,
+        primary_phone_number_id: row.try_get(7)?,
+        password_hash: row.try_get(8)?,
+        public_metadata: row.try_get(9)?,
+        private_metadata: row.try_get(10)?,
+        unsafe_metadata: row.try_get(11)?,
+        banned: row.try_get(12)?,
+        locked: row.try_get(13)?,
+        has_image: row.try_get(14)?,
+        created_at: row.try_get(15)?,
+        updated_at: row.try_get(16)?,
+        last_sign_in_at: row.try_get(17)?,
+    })
+}
+
+fn email_row(row: &PgRow) -> Result<EmailRow, sqlx::Error> {
+    Ok(EmailRow {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        email_address: row.try_get(2)?,
+        verification: verification(row, 3)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+    })
+}
+
+fn phone_row(row: &PgRow) -> Result<PhoneRow, sqlx::Error> {
+    Ok(PhoneRow {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        phone_number: row.try_get(2)?,
+        verification: verification(row, 3)?,
+        reserved_for_second_factor: row.try_get(7)?,
+        default_second_factor: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
+    })
+}
+
+/// A PostgreSQL connection or transaction, as [`SqlConn`].
+struct Conn<'c>(&'c mut PgConnection);
+
+impl Conn<'_> {
+    async fn fetch<T>(&mut self, statement: Statement, decode: fn(&PgRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, StorageError> {
+        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(map_error)?;
+        rows.iter().map(decode).collect::<Result<_, _>>().map_err(StorageError::internal)
+    }
+}
+
+#[async_trait]
+impl SqlConn for Conn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, statement: Statement) -> Result<u64, StorageError> {
+        let result = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+            .execute(&mut *self.0)
+            .await
+            .map_err(map_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<UserRow>, StorageError> {
+        self.fetch(statement, user_row).await
+    }
+
+    async fn fetch_emails(&mut self, statement: Statement) -> Result<Vec<EmailRow>, StorageError> {
+        self.fetch(statement, email_row).await
+    }
+
+    async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError> {
+        self.fetch(statement, phone_row).await
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://…`).
+    pub async fn connect(url: &str, config: PoolConfig) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(map_error)?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations under an advisory lock.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        MIGRATOR.run(&self.pool).await.map_err(StorageError::internal)
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StorageError> {
+        self.pool.begin().await.map_err(map_error)
+    }
+
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StorageError> {
+        self.pool.acquire().await.map_err(map_error)
+    }
+}
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
+        let mut tx = self.begin().await?;
+        exec::insert_user(&mut Conn(&mut tx), record).await?;
+        tx.commit().await.map_err(map_error)
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
+        Ok(self.get_record(id).await?.map(|r| r.user))
+    }
+
+    async fn get_record(&self, id: &UserId) -> Result<Option<UserRecord>, StorageError> {
+        exec::load_record(&mut Conn(&mut *self.acquire().await?), id, false).await
+    }
+
+    async fn update_user(&self, id: &UserId, mutation: Mutation<'_>) -> Result<User, StorageError> {
+        let mut tx = self.begin().await?;
+        let mut record = exec::load_record(&mut Conn(&mut tx), id, true)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id.as_str()))?;
+        let old = record.user.clone();
+        mutation(&mut record)?;
+        exec::write_changes(&mut Conn(&mut tx), &old, &record).await?;
+        tx.commit().await.map_err(map_error)?;
+        Ok(record.user)
+    }
+
+    async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
+        let mut tx = self.begin().await?;
+        let Some(record) = exec::load_record(&mut Conn(&mut tx), id, true).await? else {
+            return Ok(None);
+        };
+        exec::delete_user(&mut Conn(&mut tx), id).await?;
+        tx.commit().await.map_err(map_error)?;
+        Ok(Some(record.user))
+    }
+
+    async fn find_identification_owner(&self, id: &IdentificationId) -> Result<Option<UserId>, StorageError> {
+        let statement = sql::identification_owner(id.as_str(), Dialect::Postgres);
+        let owner: Option<String> = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_error)?;
+        owner.map(|o| UserId::parse(&o).map_err(|_| StorageError::internal(format!("stored user id is invalid: {o:?}")))).transpose()
+    }
+
+    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
+        exec::list_users(&mut Conn(&mut *self.acquire().await?), query).await
+    }
+
+    async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
+        let statement = sql::count_users(filter, Dialect::Postgres);
+        let count: i64 = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_error)?;
+        Ok(())
+    }
+}
