@@ -7,6 +7,7 @@
 //! - [`time`]: millisecond timestamps and the [`time::Clock`] every rule reads.
 //! - [`values`]: newtypes that validate on `parse` (email, phone, username, …).
 //! - [`metadata`]: JSON-object metadata, deep merge and size limits.
+//! - [`query`]: which users to list or count, and in what order.
 //! - [`password`]: argon2id hashing and verification (synchronous; callers
 //!   run it off their async threads).
 //! - [`user`]: the aggregate and its rules.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod id;
 pub mod metadata;
 pub mod password;
+pub mod query;
 pub mod time;
 pub mod user;
 pub mod values;
@@ -28,7 +30,7 @@ pub use id::{IdentificationId, UserId};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use time::{Clock, SystemClock, Timestamp};
-pub use user::{MetadataKind, ProfileChange, 
+pub use user::{MetadataKind, ProfileChange, UserUpdate, 
     EmailAddress, NewIdentifiers, NewUser, PhoneNumber, User, UserRecord, Verification,
     VerificationStatus, VerificationStrategy,
 };

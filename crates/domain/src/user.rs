@@ -690,6 +690,41 @@ impl User {
     }
 }
 
+/// A validated UpdateUser: each `Some` is applied, `Some(None)` clears.
+/// The password travels separately because it is hashed first, off the
+/// request's thread.
+#[derive(Clone, Debug, Default)]
+pub struct UserUpdate {
+    pub profile: ProfileChange,
+    pub username: Option<Option<Username>>,
+    pub primary_email_address_id: Option<Option<IdentificationId>>,
+    pub primary_phone_number_id: Option<Option<IdentificationId>>,
+    /// Metadata objects to replace whole.
+    pub metadata: Vec<(MetadataKind, Metadata)>,
+}
+
+impl User {
+    /// Applies an update; on error the user is unchanged.
+    pub fn apply_update(&mut self, update: UserUpdate, now: Timestamp) -> Result<(), DomainError> {
+        let mut next = self.clone();
+        if let Some(username) = update.username {
+            next.set_username(username, now)?;
+        }
+        next.set_profile(update.profile, now);
+        if let Some(id) = update.primary_email_address_id {
+            next.set_primary_email(id.as_ref(), now)?;
+        }
+        if let Some(id) = update.primary_phone_number_id {
+            next.set_primary_phone(id.as_ref(), now)?;
+        }
+        for (kind, value) in update.metadata {
+            next.replace_metadata(kind, value, now)?;
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
 /// Profile fields to change: `Some(None)` clears, `None` leaves alone.
 #[derive(Clone, Debug, Default)]
 pub struct ProfileChange {

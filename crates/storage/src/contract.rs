@@ -14,7 +14,8 @@ use roster_domain::{
 };
 use serde_json::json;
 
-use crate::query::{ListQuery, OrderBy, OrderField, UserFilter};
+use crate::query::ListQuery;
+use roster_domain::query::{OrderBy, OrderField, UserFilter};
 use crate::{StorageError, UserStore, list_page};
 
 /// A fresh store and whatever must live as long as it (a temporary

@@ -25,7 +25,8 @@ pub mod sql;
 use async_trait::async_trait;
 use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
 
-pub use query::{ListQuery, OrderBy, OrderField, Page, SortValue, UserFilter};
+pub use query::{ListQuery, Page};
+pub use roster_domain::query::{OrderBy, OrderField, SortValue, UserFilter};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! Listing users: filters, orderings, keyset cursors and page tokens.
+//! Listing users: keyset cursors and page tokens over the domain's
+//! filters and orderings.
 //!
 //! Pages are keyset pages: a page token carries the sort value and id of the
 //! last user of the previous page, and the next page starts strictly after
@@ -8,7 +9,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use roster_domain::{FieldViolation, Phone, Timestamp, User, UserId, reason};
+use roster_domain::query::{OrderBy, SortValue, UserFilter};
+use roster_domain::{FieldViolation, User, reason};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -16,135 +18,6 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_PAGE_SIZE: usize = 10;
 /// Largest page size; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 500;
-/// Most values one filter list may hold.
-pub const MAX_FILTER_VALUES: usize = 100;
-/// Longest `query` substring.
-pub const MAX_QUERY_CHARS: usize = 256;
-
-/// Which users to list or count. Lists match any of their values; set
-/// conditions all apply. Values are already normalized as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UserFilter {
-    pub user_ids: Vec<UserId>,
-    /// Lowercased email addresses.
-    pub email_addresses: Vec<String>,
-    pub phone_numbers: Vec<Phone>,
-    /// Lowercased usernames.
-    pub usernames: Vec<String>,
-    pub external_ids: Vec<String>,
-    /// Lowercased substring.
-    pub query: Option<String>,
-    pub banned: Option<bool>,
-    pub created_after: Option<Timestamp>,
-    pub created_before: Option<Timestamp>,
-}
-
-/// A field users can be ordered by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OrderField {
-    CreatedAt,
-    UpdatedAt,
-    LastSignInAt,
-    EmailAddress,
-    Username,
-    FirstName,
-    LastName,
-}
-
-impl OrderField {
-    const ALL: [Self; 7] = [
-        Self::CreatedAt,
-        Self::UpdatedAt,
-        Self::LastSignInAt,
-        Self::EmailAddress,
-        Self::Username,
-        Self::FirstName,
-        Self::LastName,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CreatedAt => "created_at",
-            Self::UpdatedAt => "updated_at",
-            Self::LastSignInAt => "last_sign_in_at",
-            Self::EmailAddress => "email_address",
-            Self::Username => "username",
-            Self::FirstName => "first_name",
-            Self::LastName => "last_name",
-        }
-    }
-
-    /// The user's sort value, exactly as the SQL sort expression computes
-    /// it (see [`crate::sql`]): absent values sort as `0` or `""`.
-    pub fn value_of(self, user: &User) -> SortValue {
-        let text = |s: Option<String>| SortValue::Text(s.unwrap_or_default());
-        match self {
-            Self::CreatedAt => SortValue::Int(user.created_at.as_millis()),
-            Self::UpdatedAt => SortValue::Int(user.updated_at.as_millis()),
-            Self::LastSignInAt => SortValue::Int(user.last_sign_in_at.map_or(0, Timestamp::as_millis)),
-            Self::EmailAddress => text(user.primary_email().map(|e| e.email.normalized())),
-            Self::Username => text(user.username.as_ref().map(roster_domain::Username::normalized)),
-            Self::FirstName => text(user.first_name.as_ref().map(|n| n.as_str().to_owned())),
-            Self::LastName => text(user.last_name.as_ref().map(|n| n.as_str().to_owned())),
-        }
-    }
-}
-
-/// An ordering: a field and a direction; ties are broken by id in the same
-/// direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrderBy {
-    pub field: OrderField,
-    pub descending: bool,
-}
-
-impl Default for OrderBy {
-    /// Newest first, as Clerk lists.
-    fn default() -> Self {
-        Self { field: OrderField::CreatedAt, descending: true }
-    }
-}
-
-impl OrderBy {
-    /// Parses `field`, `field asc|desc`, `-field` or `+field`; empty is the
-    /// default order.
-    pub fn parse(text: &str) -> Result<Self, FieldViolation> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(Self::default());
-        }
-        let (name, descending) = if let Some(rest) = text.strip_prefix('-') {
-            (rest, true)
-        } else if let Some(rest) = text.strip_prefix('+') {
-            (rest, false)
-        } else {
-            match text.split_once(char::is_whitespace) {
-                Some((name, dir)) if dir.trim().eq_ignore_ascii_case("desc") => (name, true),
-                Some((name, dir)) if dir.trim().eq_ignore_ascii_case("asc") => (name, false),
-                Some(_) => return Err(bad_order()),
-                None => (text, false),
-            }
-        };
-        let field = OrderField::ALL.into_iter().find(|f| f.name() == name).ok_or_else(bad_order)?;
-        Ok(Self { field, descending })
-    }
-}
-
-fn bad_order() -> FieldViolation {
-    let names: Vec<&str> = OrderField::ALL.iter().map(|f| f.name()).collect();
-    FieldViolation::new(
-        "",
-        reason::FORM_PARAM_VALUE_INVALID,
-        format!("order_by must be one of {} with an optional ' asc' or ' desc'", names.join(", ")),
-    )
-}
-
-/// A value users are sorted on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SortValue {
-    Int(i64),
-    Text(String),
-}
 
 /// Where a page starts: after this sort value and id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,7 +118,8 @@ impl ListQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roster_domain::{Email, NewIdentifiers, NewUser};
+    use roster_domain::query::OrderBy;
+    use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp};
 
     fn user() -> User {
         User::create(
@@ -260,16 +134,6 @@ mod tests {
             Timestamp::from_millis(42),
         )
         .unwrap()
-    }
-
-    #[test]
-    fn order_by_forms() {
-        assert_eq!(OrderBy::parse("").unwrap(), OrderBy::default());
-        assert_eq!(OrderBy::parse("-username").unwrap(), OrderBy { field: OrderField::Username, descending: true });
-        assert_eq!(OrderBy::parse("first_name DESC").unwrap(), OrderBy { field: OrderField::FirstName, descending: true });
-        assert_eq!(OrderBy::parse("email_address").unwrap(), OrderBy { field: OrderField::EmailAddress, descending: false });
-        assert!(OrderBy::parse("password").is_err());
-        assert!(OrderBy::parse("created_at sideways").is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 
 use roster_domain::{EmailAddress, IdentificationId, PhoneNumber};
 
-use crate::query::{ListQuery, OrderField, SortValue, UserFilter};
+use crate::query::ListQuery;
+use roster_domain::query::{OrderField, SortValue, UserFilter};
 
 /// Which placeholder syntax to emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,7 +383,8 @@ pub fn diff<'a, T: Identified>(old: &'a [T], new: &'a [T]) -> Diff<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{Cursor, OrderBy};
+    use crate::query::Cursor;
+    use roster_domain::query::OrderBy;
 
     #[test]
     fn placeholders_follow_the_dialect() {

@@ -1,0 +1,637 @@
+//! Conversions between `roster.v1` messages and domain values.
+//!
+//! Requests are parsed whole: every bad field is collected into one
+//! [`DomainError::Invalid`], with field paths as the request spells them
+//! (`email_addresses[1]`, `user.username`, `filter.phone_numbers[0]`).
+
+use prost_types::value::Kind;
+use prost_types::{FieldMask, ListValue, Struct, Value};
+use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilter};
+use roster_domain::{
+    DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale, Metadata, MetadataKind,
+    Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber, ProfileChange, Timestamp, User, UserId, UserUpdate,
+    Username, Verification, VerificationStatus, VerificationStrategy, Violations, reason,
+};
+use serde_json::Value as Json;
+
+use crate::v1;
+
+/// Most identifiers one CreateUser may carry.
+pub const MAX_IDENTIFIERS: usize = 100;
+
+// ---------------------------------------------------------------------------
+// Values
+
+/// A domain timestamp as a protobuf one.
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    let ms = t.as_millis();
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        // The remainder is below 1000, so the product fits.
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as milliseconds (sub-millisecond parts dropped).
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Timestamp {
+    Timestamp::from_millis(t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000))
+}
+
+fn json_to_value(json: &Json) -> Value {
+    let kind = match json {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() }),
+        Json::Object(map) => Kind::StructValue(Struct {
+            fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+fn value_to_json(value: Value) -> Result<Json, FieldViolation> {
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            // protobuf numbers are doubles; whole ones read back as integers.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                Json::from(n as i64)
+            } else {
+                serde_json::Number::from_f64(n).map(Json::Number).ok_or_else(|| {
+                    FieldViolation::new("", reason::METADATA_INVALID, "metadata numbers must be finite")
+                })?
+            }
+        }
+        Some(Kind::StringValue(s)) => Json::String(s),
+        Some(Kind::ListValue(list)) => Json::Array(list.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?),
+        Some(Kind::StructValue(s)) => struct_to_json(s)?,
+    })
+}
+
+fn struct_to_json(s: Struct) -> Result<Json, FieldViolation> {
+    Ok(Json::Object(s.fields.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect::<Result<_, FieldViolation>>()?))
+}
+
+/// Metadata as a protobuf `Struct`.
+pub fn metadata_to_struct(metadata: &Metadata) -> Struct {
+    Struct { fields: metadata.as_map().iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect() }
+}
+
+/// A protobuf `Struct` as metadata.
+pub fn metadata_from_struct(s: Struct) -> Result<Metadata, FieldViolation> {
+    Metadata::parse(struct_to_json(s)?)
+}
+
+// ---------------------------------------------------------------------------
+// Domain -> proto
+
+fn verification(v: &Verification) -> v1::Verification {
+    v1::Verification {
+        status: match v.status {
+            VerificationStatus::Unverified => v1::VerificationStatus::Unverified,
+            VerificationStatus::Verified => v1::VerificationStatus::Verified,
+            VerificationStatus::Failed => v1::VerificationStatus::Failed,
+            VerificationStatus::Expired => v1::VerificationStatus::Expired,
+        }
+        .into(),
+        strategy: match v.strategy {
+            None => v1::VerificationStrategy::Unspecified,
+            Some(VerificationStrategy::Admin) => v1::VerificationStrategy::Admin,
+            Some(VerificationStrategy::EmailCode) => v1::VerificationStrategy::EmailCode,
+            Some(VerificationStrategy::PhoneCode) => v1::VerificationStrategy::PhoneCode,
+            Some(VerificationStrategy::Oauth) => v1::VerificationStrategy::Oauth,
+        }
+        .into(),
+        attempts: i32::try_from(v.attempts).unwrap_or(i32::MAX),
+        expire_at: v.expire_at.map(timestamp),
+    }
+}
+
+fn opt_string<T: ToString>(value: Option<&T>) -> String {
+    value.map(ToString::to_string).unwrap_or_default()
+}
+
+/// An email address of `user` as the API shows it.
+pub fn email_address(user: &User, e: &EmailAddress) -> v1::EmailAddress {
+    v1::EmailAddress {
+        id: e.id.to_string(),
+        user_id: user.id.to_string(),
+        email_address: e.email.to_string(),
+        verification: Some(verification(&e.verification)),
+        primary: user.primary_email_address_id.as_ref() == Some(&e.id),
+        created_at: Some(timestamp(e.created_at)),
+        updated_at: Some(timestamp(e.updated_at)),
+    }
+}
+
+/// A phone number of `user` as the API shows it.
+pub fn phone_number(user: &User, p: &PhoneNumber) -> v1::PhoneNumber {
+    v1::PhoneNumber {
+        id: p.id.to_string(),
+        user_id: user.id.to_string(),
+        phone_number: p.phone.to_string(),
+        verification: Some(verification(&p.verification)),
+        primary: user.primary_phone_number_id.as_ref() == Some(&p.id),
+        reserved_for_second_factor: p.reserved_for_second_factor,
+        default_second_factor: p.default_second_factor,
+        created_at: Some(timestamp(p.created_at)),
+        updated_at: Some(timestamp(p.updated_at)),
+    }
+}
+
+/// A user as the Backend API shows it.
+pub fn user(u: &User) -> v1::User {
+    v1::User {
+        id: u.id.to_string(),
+        external_id: opt_string(u.external_id.as_ref()),
+        first_name: opt_string(u.first_name.as_ref()),
+        last_name: opt_string(u.last_name.as_ref()),
+        username: opt_string(u.username.as_ref()),
+        locale: opt_string(u.locale.as_ref()),
+        image_url: String::new(),
+        has_image: u.has_image,
+        primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
+        primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
+        email_addresses: u.email_addresses.iter().map(|e| email_address(u, e)).collect(),
+        phone_numbers: u.phone_numbers.iter().map(|p| phone_number(u, p)).collect(),
+        external_accounts: Vec::new(),
+        password_enabled: u.password_enabled,
+        two_factor_enabled: u.two_factor_enabled(),
+        public_metadata: Some(metadata_to_struct(&u.public_metadata)),
+        private_metadata: Some(metadata_to_struct(&u.private_metadata)),
+        unsafe_metadata: Some(metadata_to_struct(&u.unsafe_metadata)),
+        banned: u.banned,
+        locked: u.locked,
+        created_at: Some(timestamp(u.created_at)),
+        updated_at: Some(timestamp(u.updated_at)),
+        last_sign_in_at: u.last_sign_in_at.map(timestamp),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Proto -> domain: requests
+
+/// Parses a user id given in `field`.
+pub fn user_id(field: &str, text: &str) -> Result<UserId, DomainError> {
+    UserId::parse(text).map_err(|v| v.nested(field).into())
+}
+
+/// Parses an email address or phone number id given in `field`.
+pub fn identification_id(field: &str, text: &str) -> Result<IdentificationId, DomainError> {
+    IdentificationId::parse(text).map_err(|v| v.nested(field).into())
+}
+
+fn check_count(violations: &mut Violations, field: &str, len: usize, max: usize) {
+    if len > max {
+        violations.push(FieldViolation::new(
+            field,
+            reason::FORM_PARAM_MAX_LENGTH_EXCEEDED,
+            format!("at most {max} values are allowed"),
+        ));
+    }
+}
+
+fn non_empty<T>(text: &str, parse: impl Fn(&str) -> Result<T, FieldViolation>) -> Result<Option<T>, FieldViolation> {
+    if text.is_empty() { Ok(None) } else { parse(text).map(Some) }
+}
+
+fn metadata_field(violations: &mut Violations, field: &str, value: Option<Struct>) -> Option<Metadata> {
+    value.and_then(|s| violations.check(field, metadata_from_struct(s)))
+}
+
+/// Parses CreateUser into a new user and its password (if any).
+pub fn create_user(req: v1::CreateUserRequest) -> Result<(NewUser, Option<Password>), DomainError> {
+    let mut v = Violations::new();
+    check_count(&mut v, "email_addresses", req.email_addresses.len(), MAX_IDENTIFIERS);
+    check_count(&mut v, "phone_numbers", req.phone_numbers.len(), MAX_IDENTIFIERS);
+    let emails: Vec<Email> = req
+        .email_addresses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| v.check(&format!("email_addresses[{i}]"), Email::parse(e)))
+        .collect();
+    let phones: Vec<Phone> = req
+        .phone_numbers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| v.check(&format!("phone_numbers[{i}]"), Phone::parse(p)))
+        .collect();
+    let username = v.check("username", non_empty(&req.username, Username::parse)).flatten();
+    let external_id = v.check("external_id", ExternalId::parse(&req.external_id)).flatten();
+    let first_name = v.check("first_name", Name::parse(&req.first_name)).flatten();
+    let last_name = v.check("last_name", Name::parse(&req.last_name)).flatten();
+    let locale = v.check("locale", Locale::parse(&req.locale)).flatten();
+    let password = v.check("password", non_empty(&req.password, Password::parse)).flatten();
+    let public_metadata = metadata_field(&mut v, "public_metadata", req.public_metadata).unwrap_or_default();
+    let private_metadata = metadata_field(&mut v, "private_metadata", req.private_metadata).unwrap_or_default();
+    let unsafe_metadata = metadata_field(&mut v, "unsafe_metadata", req.unsafe_metadata).unwrap_or_default();
+    v.into_result()?;
+    let new = NewUser {
+        identifiers: NewIdentifiers { emails, phones, verified: !req.unverified_identifiers },
+        username,
+        external_id,
+        first_name,
+        last_name,
+        locale,
+        public_metadata: public_metadata.without_nulls(),
+        private_metadata: private_metadata.without_nulls(),
+        unsafe_metadata: unsafe_metadata.without_nulls(),
+    };
+    Ok((new, password))
+}
+
+fn lowercase_list(v: &mut Violations, field: &str, values: Vec<String>) -> Vec<String> {
+    check_count(v, field, values.len(), MAX_FILTER_VALUES);
+    values.into_iter().map(|s| s.trim().to_lowercase()).collect()
+}
+
+/// Parses a ListUsers/CountUsers filter (absent: all users).
+pub fn user_filter(filter: Option<v1::UserFilter>) -> Result<UserFilter, DomainError> {
+    let Some(f) = filter else {
+        return Ok(UserFilter::default());
+    };
+    let mut v = Violations::new();
+    check_count(&mut v, "filter.user_ids", f.user_ids.len(), MAX_FILTER_VALUES);
+    let user_ids = f
+        .user_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| v.check(&format!("filter.user_ids[{i}]"), UserId::parse(id)))
+        .collect();
+    check_count(&mut v, "filter.phone_numbers", f.phone_numbers.len(), MAX_FILTER_VALUES);
+    let phone_numbers = f
+        .phone_numbers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| v.check(&format!("filter.phone_numbers[{i}]"), Phone::parse(p)))
+        .collect();
+    let email_addresses = lowercase_list(&mut v, "filter.email_addresses", f.email_addresses);
+    let usernames = lowercase_list(&mut v, "filter.usernames", f.usernames);
+    check_count(&mut v, "filter.external_ids", f.external_ids.len(), MAX_FILTER_VALUES);
+    let query = f.query.trim().to_lowercase();
+    if query.chars().count() > MAX_QUERY_CHARS {
+        v.push(FieldViolation::new(
+            "filter.query",
+            reason::FORM_PARAM_MAX_LENGTH_EXCEEDED,
+            format!("query is longer than {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    v.into_result()?;
+    Ok(UserFilter {
+        user_ids,
+        email_addresses,
+        phone_numbers,
+        usernames,
+        external_ids: f.external_ids,
+        query: Some(query).filter(|q| !q.is_empty()),
+        banned: f.banned,
+        created_after: f.created_after.as_ref().map(from_timestamp),
+        created_before: f.created_before.as_ref().map(from_timestamp),
+    })
+}
+
+/// Parses `order_by`.
+pub fn order_by(text: &str) -> Result<OrderBy, DomainError> {
+    OrderBy::parse(text).map_err(|v| v.nested("order_by").into())
+}
+
+const UPDATE_USER_PATHS: [&str; 11] = [
+    "first_name",
+    "last_name",
+    "username",
+    "external_id",
+    "locale",
+    "primary_email_address_id",
+    "primary_phone_number_id",
+    "public_metadata",
+    "private_metadata",
+    "unsafe_metadata",
+    "password",
+];
+
+/// Checks a mask against the paths a method accepts; an absent or empty
+/// mask is `None`.
+fn mask_paths(mask: Option<&FieldMask>, allowed: &[&str], v: &mut Violations) -> Option<Vec<String>> {
+    let paths = mask.map(|m| m.paths.clone()).filter(|p| !p.is_empty())?;
+    for path in &paths {
+        if !allowed.contains(&path.as_str()) {
+            v.push(FieldViolation::new(
+                "update_mask",
+                reason::FORM_PARAM_VALUE_INVALID,
+                format!("cannot update {path:?}; updatable fields are {}", allowed.join(", ")),
+            ));
+        }
+    }
+    Some(paths)
+}
+
+/// A validated UpdateUser: the user, the change, and the new password
+/// (`Some(None)` removes it).
+pub type UpdateUserParts = (UserId, UserUpdate, Option<Option<Password>>);
+
+/// Parses UpdateUser. Without a mask, every non-empty field is updated
+/// (AIP-134's implied mask).
+pub fn update_user(req: v1::UpdateUserRequest) -> Result<UpdateUserParts, DomainError> {
+    let mut v = Violations::new();
+    let Some(u) = req.user else {
+        return Err(DomainError::invalid("user", reason::FORM_PARAM_MISSING, "user is required"));
+    };
+    let id = v.check("user.id", UserId::parse(&u.id));
+    let paths = mask_paths(req.update_mask.as_ref(), &UPDATE_USER_PATHS, &mut v).unwrap_or_else(|| {
+        let present = [
+            ("first_name", !u.first_name.is_empty()),
+            ("last_name", !u.last_name.is_empty()),
+            ("username", !u.username.is_empty()),
+            ("external_id", !u.external_id.is_empty()),
+            ("locale", !u.locale.is_empty()),
+            ("primary_email_address_id", !u.primary_email_address_id.is_empty()),
+            ("primary_phone_number_id", !u.primary_phone_number_id.is_empty()),
+            ("public_metadata", u.public_metadata.is_some()),
+            ("private_metadata", u.private_metadata.is_some()),
+            ("unsafe_metadata", u.unsafe_metadata.is_some()),
+            ("password", !req.password.is_empty()),
+        ];
+        present.iter().filter(|(_, set)| *set).map(|(p, _)| (*p).to_owned()).collect()
+    });
+    let has = |p: &str| paths.iter().any(|x| x == p);
+    let mut update = UserUpdate::default();
+    let mut profile = ProfileChange::default();
+    if has("first_name") {
+        profile.first_name = v.check("user.first_name", Name::parse(&u.first_name));
+    }
+    if has("last_name") {
+        profile.last_name = v.check("user.last_name", Name::parse(&u.last_name));
+    }
+    if has("external_id") {
+        profile.external_id = v.check("user.external_id", ExternalId::parse(&u.external_id));
+    }
+    if has("locale") {
+        profile.locale = v.check("user.locale", Locale::parse(&u.locale));
+    }
+    update.profile = profile;
+    if has("username") {
+        update.username = v.check("user.username", non_empty(&u.username, Username::parse));
+    }
+    if has("primary_email_address_id") {
+        update.primary_email_address_id =
+            v.check("user.primary_email_address_id", non_empty(&u.primary_email_address_id, IdentificationId::parse));
+    }
+    if has("primary_phone_number_id") {
+        update.primary_phone_number_id =
+            v.check("user.primary_phone_number_id", non_empty(&u.primary_phone_number_id, IdentificationId::parse));
+    }
+    for (kind, value) in [
+        (MetadataKind::Public, u.public_metadata),
+        (MetadataKind::Private, u.private_metadata),
+        (MetadataKind::Unsafe, u.unsafe_metadata),
+    ] {
+        if has(kind.field()) {
+            let parsed = metadata_field(&mut v, &format!("user.{}", kind.field()), value);
+            update.metadata.push((kind, parsed.unwrap_or_default()));
+        }
+    }
+    let password = if has("password") { v.check("password", non_empty(&req.password, Password::parse)) } else { None };
+    if paths.is_empty() {
+        v.push(FieldViolation::new("update_mask", reason::FORM_PARAM_MISSING, "nothing to update"));
+    }
+    v.into_result()?;
+    let id = id.ok_or_else(|| DomainError::invalid("user.id", reason::FORM_PARAM_MISSING, "user id is required"))?;
+    Ok((id, update, password))
+}
+
+/// Parses UpdateUserMetadata into the patches to merge.
+pub fn update_user_metadata(req: v1::UpdateUserMetadataRequest) -> Result<(UserId, Vec<(MetadataKind, Metadata)>), DomainError> {
+    let mut v = Violations::new();
+    let id = v.check("user_id", UserId::parse(&req.user_id));
+    let mut patches = Vec::new();
+    for (kind, value) in [
+        (MetadataKind::Public, req.public_metadata),
+        (MetadataKind::Private, req.private_metadata),
+        (MetadataKind::Unsafe, req.unsafe_metadata),
+    ] {
+        if let Some(patch) = metadata_field(&mut v, kind.field(), value) {
+            patches.push((kind, patch));
+        }
+    }
+    v.into_result()?;
+    let id = id.ok_or_else(|| DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required"))?;
+    Ok((id, patches))
+}
+
+/// Parses CreateEmailAddress: owner, address, `verified`, `primary`.
+pub fn create_email_address(req: &v1::CreateEmailAddressRequest) -> Result<(UserId, Email), DomainError> {
+    let mut v = Violations::new();
+    let id = v.check("user_id", UserId::parse(&req.user_id));
+    let email = v.check("email_address", Email::parse(&req.email_address));
+    v.into_result()?;
+    match (id, email) {
+        (Some(id), Some(email)) => Ok((id, email)),
+        _ => Err(DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required")),
+    }
+}
+
+/// Parses CreatePhoneNumber: owner and number.
+pub fn create_phone_number(req: &v1::CreatePhoneNumberRequest) -> Result<(UserId, Phone), DomainError> {
+    let mut v = Violations::new();
+    let id = v.check("user_id", UserId::parse(&req.user_id));
+    let phone = v.check("phone_number", Phone::parse(&req.phone_number));
+    v.into_result()?;
+    match (id, phone) {
+        (Some(id), Some(phone)) => Ok((id, phone)),
+        _ => Err(DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required")),
+    }
+}
+
+/// Parses the id and the required mask of an identifier update; returns the
+/// id and the mask's paths, each one of `allowed`.
+pub fn identifier_update(id: &str, mask: Option<&FieldMask>, allowed: &[&str]) -> Result<(IdentificationId, Vec<String>), DomainError> {
+    let mut v = Violations::new();
+    let id = v.check("id", IdentificationId::parse(id));
+    let paths = mask_paths(mask, allowed, &mut v);
+    if paths.is_none() {
+        v.push(FieldViolation::new(
+            "update_mask",
+            reason::FORM_PARAM_MISSING,
+            format!("name the fields to update: {}", allowed.join(", ")),
+        ));
+    }
+    v.into_result()?;
+    match (id, paths) {
+        (Some(id), Some(paths)) => Ok((id, paths)),
+        _ => Err(DomainError::invalid("id", reason::FORM_PARAM_MISSING, "id is required")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Proto -> domain: responses (for clients)
+
+fn parse_verification(v: Option<v1::Verification>) -> Verification {
+    let Some(v) = v else {
+        return Verification::unverified();
+    };
+    Verification {
+        status: match v.status() {
+            v1::VerificationStatus::Verified => VerificationStatus::Verified,
+            v1::VerificationStatus::Failed => VerificationStatus::Failed,
+            v1::VerificationStatus::Expired => VerificationStatus::Expired,
+            v1::VerificationStatus::Unverified | v1::VerificationStatus::Unspecified => VerificationStatus::Unverified,
+        },
+        strategy: match v.strategy() {
+            v1::VerificationStrategy::Unspecified => None,
+            v1::VerificationStrategy::Admin => Some(VerificationStrategy::Admin),
+            v1::VerificationStrategy::EmailCode => Some(VerificationStrategy::EmailCode),
+            v1::VerificationStrategy::PhoneCode => Some(VerificationStrategy::PhoneCode),
+            v1::VerificationStrategy::Oauth => Some(VerificationStrategy::Oauth),
+        },
+        attempts: u32::try_from(v.attempts).unwrap_or(0),
+        expire_at: v.expire_at.as_ref().map(from_timestamp),
+    }
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Timestamp {
+    t.map_or(Timestamp::from_millis(0), from_timestamp)
+}
+
+/// A user received from Roster, as a domain value. Fails on values Roster
+/// never sends (an invalid email, say).
+pub fn user_from_proto(u: v1::User) -> Result<User, DomainError> {
+    let mut v = Violations::new();
+    let id = v.check("id", UserId::parse(&u.id));
+    let email_addresses = u
+        .email_addresses
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let field = format!("email_addresses[{i}]");
+            Some(EmailAddress {
+                id: v.check(&format!("{field}.id"), IdentificationId::parse(&e.id))?,
+                email: v.check(&format!("{field}.email_address"), Email::parse(&e.email_address))?,
+                created_at: time(e.created_at.as_ref()),
+                updated_at: time(e.updated_at.as_ref()),
+                verification: parse_verification(e.verification),
+            })
+        })
+        .collect();
+    let phone_numbers = u
+        .phone_numbers
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let field = format!("phone_numbers[{i}]");
+            Some(PhoneNumber {
+                id: v.check(&format!("{field}.id"), IdentificationId::parse(&p.id))?,
+                phone: v.check(&format!("{field}.phone_number"), Phone::parse(&p.phone_number))?,
+                reserved_for_second_factor: p.reserved_for_second_factor,
+                default_second_factor: p.default_second_factor,
+                created_at: time(p.created_at.as_ref()),
+                updated_at: time(p.updated_at.as_ref()),
+                verification: parse_verification(p.verification),
+            })
+        })
+        .collect();
+    let user = User {
+        id: id.unwrap_or_else(|| UserId::generate(Timestamp::from_millis(0))),
+        external_id: v.check("external_id", ExternalId::parse(&u.external_id)).flatten(),
+        first_name: v.check("first_name", Name::parse(&u.first_name)).flatten(),
+        last_name: v.check("last_name", Name::parse(&u.last_name)).flatten(),
+        username: v.check("username", non_empty(&u.username, Username::parse)).flatten(),
+        locale: v.check("locale", Locale::parse(&u.locale)).flatten(),
+        primary_email_address_id: v
+            .check("primary_email_address_id", non_empty(&u.primary_email_address_id, IdentificationId::parse))
+            .flatten(),
+        primary_phone_number_id: v
+            .check("primary_phone_number_id", non_empty(&u.primary_phone_number_id, IdentificationId::parse))
+            .flatten(),
+        email_addresses,
+        phone_numbers,
+        password_enabled: u.password_enabled,
+        public_metadata: metadata_field(&mut v, "public_metadata", u.public_metadata).unwrap_or_default(),
+        private_metadata: metadata_field(&mut v, "private_metadata", u.private_metadata).unwrap_or_default(),
+        unsafe_metadata: metadata_field(&mut v, "unsafe_metadata", u.unsafe_metadata).unwrap_or_default(),
+        banned: u.banned,
+        locked: u.locked,
+        has_image: u.has_image,
+        created_at: time(u.created_at.as_ref()),
+        updated_at: time(u.updated_at.as_ref()),
+        last_sign_in_at: u.last_sign_in_at.as_ref().map(from_timestamp),
+    };
+    v.into_result()?;
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_round_trips_through_struct() {
+        let m = Metadata::parse(json!({"a": 1, "b": 1.5, "c": [true, null, "x"], "d": {"e": -3}})).unwrap();
+        let back = metadata_from_struct(metadata_to_struct(&m)).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1] {
+            assert_eq!(from_timestamp(&timestamp(Timestamp::from_millis(ms))).as_millis(), ms);
+        }
+    }
+
+    #[test]
+    fn create_user_collects_every_violation() {
+        let err = create_user(v1::CreateUserRequest {
+            email_addresses: vec!["ok@example.com".into(), "bad".into()],
+            phone_numbers: vec!["123".into()],
+            username: "a@b".into(),
+            password: "short".into(),
+            locale: "!!".into(),
+            ..v1::CreateUserRequest::default()
+        })
+        .unwrap_err();
+        let DomainError::Invalid(v) = err else { panic!() };
+        let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["email_addresses[1]", "phone_numbers[0]", "username", "locale", "password"]);
+    }
+
+    #[test]
+    fn update_mask_is_checked_and_implied() {
+        let id = UserId::generate(Timestamp::from_millis(1)).to_string();
+        let req = |mask: Option<Vec<&str>>, user: v1::User| v1::UpdateUserRequest {
+            user: Some(user),
+            update_mask: mask.map(|m| FieldMask { paths: m.into_iter().map(String::from).collect() }),
+            password: String::new(),
+        };
+        let err = update_user(req(Some(vec!["banned"]), v1::User { id: id.clone(), ..v1::User::default() })).unwrap_err();
+        assert!(matches!(err, DomainError::Invalid(_)));
+        let (_, update, password) =
+            update_user(req(None, v1::User { id: id.clone(), first_name: "Ada".into(), ..v1::User::default() })).unwrap();
+        assert_eq!(update.profile.first_name, Some(Name::parse("Ada").unwrap()));
+        assert!(update.profile.last_name.is_none() && update.username.is_none() && password.is_none());
+        let (_, update, _) = update_user(req(Some(vec!["username"]), v1::User { id, ..v1::User::default() })).unwrap();
+        assert_eq!(update.username, Some(None));
+    }
+
+    #[test]
+    fn users_round_trip_to_the_client() {
+        let mut u = User::create(
+            NewUser {
+                identifiers: NewIdentifiers {
+                    emails: vec![Email::parse("a@example.com").unwrap()],
+                    phones: vec![Phone::parse("+14155550101").unwrap()],
+                    verified: true,
+                },
+                public_metadata: Metadata::parse(json!({"role": "admin"})).unwrap(),
+                ..NewUser::default()
+            },
+            Timestamp::from_millis(1_700_000_000_123),
+        )
+        .unwrap();
+        u.last_sign_in_at = Some(Timestamp::from_millis(1_700_000_000_999));
+        assert_eq!(user_from_proto(user(&u)).unwrap(), u);
+    }
+}
