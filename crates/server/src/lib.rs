@@ -1,1 +1,152 @@
+//! Roster's gRPC server: the Backend API services, authentication, the
+//! tower stack, health and reflection, and the `roster` binary's commands.
+//!
+//! Layout:
+//! - [`run`]: serves on a bound listener until a shutdown future completes;
+//!   `main` and every end-to-end test call it.
+//! - [`services`]: `UserService`, `EmailAddressService`,
+//!   `PhoneNumberService`.
+//! - [`auth`]: the Backend API's secret keys.
+//! - [`error`]: the one mapping from domain and storage errors to statuses.
+//! - [`hashing`]: the bounded password-hashing pool.
+//! - [`database`]: opening SQLite or PostgreSQL from a URL.
+//! - [`config`]: command-line flags and `ROSTER_*` variables.
 
+pub mod auth;
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod hashing;
+pub mod services;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_domain::Clock;
+use roster_proto::v1::email_address_service_server::EmailAddressServiceServer;
+use roster_proto::v1::phone_number_service_server::PhoneNumberServiceServer;
+use roster_proto::v1::user_service_server::UserServiceServer;
+use roster_storage::UserStore;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+pub use auth::SecretKeys;
+pub use hashing::Hasher;
+
+use services::email_addresses::EmailAddresses;
+use services::phone_numbers::PhoneNumbers;
+use services::users::Users;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub users: Arc<dyn UserStore>,
+    pub clock: Arc<dyn Clock>,
+    pub hasher: Hasher,
+}
+
+/// How the server behaves, beyond what it serves.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Keys accepted on the Backend API; none means open (loopback only).
+    pub secret_keys: SecretKeys,
+    /// Longest a call may run before it is cancelled with a deadline error.
+    pub request_timeout: Duration,
+    /// Most calls served at once on one HTTP/2 connection; more wait.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            secret_keys: SecretKeys::new::<&str>(&[]),
+            request_timeout: Duration::from_secs(30),
+            concurrency_per_connection: 256,
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection descriptors are invalid")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Largest request message accepted, so one call cannot exhaust memory.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Names of the services health is reported for (besides the whole
+/// server, `""`).
+pub const SERVICE_NAMES: [&str; 3] = [
+    <UserServiceServer<Users> as NamedService>::NAME,
+    <EmailAddressServiceServer<EmailAddresses> as NamedService>::NAME,
+    <PhoneNumberServiceServer<PhoneNumbers> as NamedService>::NAME,
+];
+
+/// Serves the gRPC API on `listener` until `shutdown` completes, then
+/// reports NOT_SERVING on health and drains in-flight calls before
+/// returning.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(roster_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // grpcurl 1.8 and many other tools still speak only v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let keys = options.secret_keys.clone();
+    let users = UserServiceServer::new(Users::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let emails = EmailAddressServiceServer::new(EmailAddresses::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let phones = PhoneNumberServiceServer::new(PhoneNumbers::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let drain = async move {
+        shutdown.await;
+        // Health flips first, so load balancers stop routing new calls here
+        // while the calls in flight finish.
+        health.set_service_status("", ServingStatus::NotServing).await;
+        for name in SERVICE_NAMES {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        tracing::info!("shutting down: draining in-flight calls");
+    };
+
+    tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving gRPC");
+    Server::builder()
+        // A per-call deadline, so a stuck database cannot hold a call (and
+        // its connection slot) forever; clients may ask for a shorter one.
+        .timeout(options.request_timeout)
+        // Bounds the calls one connection can have in flight, so one
+        // client cannot take every worker.
+        .concurrency_limit_per_connection(options.concurrency_per_connection)
+        // One span per call, named after the RPC, around everything below.
+        .trace_fn(|request| tracing::info_span!("rpc", rpc = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(users, keys.clone()))
+        .add_service(InterceptedService::new(emails, keys.clone()))
+        .add_service(InterceptedService::new(phones, keys))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .await?;
+    tracing::info!("drained; server stopped");
+    Ok(())
+}

@@ -1,1 +1,90 @@
-fn main() {}
+//! The `roster` binary: `roster serve` and `roster migrate`.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use roster_domain::SystemClock;
+use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
+use roster_server::database::Database;
+use roster_server::{AppState, Hasher, SecretKeys, ServeOptions};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ROSTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
+    let url = args.url().context("creating the data directory")?;
+    let db = Database::open(&url).await.context("opening the database")?;
+    db.migrate().await.context("migrating the database")?;
+    Ok(db)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = args.all_secret_keys().context("reading the secret keys file")?;
+    if keys.is_empty() {
+        if !args.grpc_addr.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without a secret key: the Backend API would be open to the network; \
+                 set --secret-key or ROSTER_SECRET_KEYS",
+                args.grpc_addr
+            );
+        }
+        tracing::warn!(
+            addr = %args.grpc_addr,
+            "no secret key configured: the Backend API is OPEN to anyone who can reach this loopback address"
+        );
+    }
+    let db = open(&args.database).await?;
+    let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let state = AppState { users: db.users(), clock: Arc::new(SystemClock), hasher: Hasher::new(parallelism) };
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding {}", args.grpc_addr))?;
+    let options = ServeOptions { secret_keys: SecretKeys::new(&keys), request_timeout: args.request_timeout, ..ServeOptions::default() };
+    roster_server::run(listener, state, options, shutdown_signal()).await?;
+    db.close().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => {
+            let db = open(&args).await?;
+            db.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Command-line flags; each also reads a `ROSTER_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Roster: user management over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// A subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (migrating the database first).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the data lives.
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `postgres://user:pass@host/db` for PostgreSQL or
+    /// `sqlite://path/roster.db` for SQLite. Default: SQLite in the data
+    /// directory.
+    #[arg(long, env = "ROSTER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the default SQLite database.
+    #[arg(long, env = "ROSTER_DATA_DIR", default_value = "roster-data")]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    /// The URL to open: the one given, or SQLite in the data directory
+    /// (created if missing).
+    pub fn url(&self) -> std::io::Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        Ok(format!("sqlite://{}", self.data_dir.join("roster.db").display()))
+    }
+}
+
+/// Flags of `roster serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "ROSTER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Secret keys accepted on the Backend API (repeat the flag, or separate
+    /// with commas in the variable). Several keys allow rotation. Without
+    /// any, the Backend API is open and Roster refuses to listen beyond
+    /// loopback.
+    #[arg(long = "secret-key", env = "ROSTER_SECRET_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub secret_keys: Vec<String>,
+    /// File with one secret key per line (blank lines and `#` comments
+    /// ignored), for keys mounted from a secret store.
+    #[arg(long, env = "ROSTER_SECRET_KEYS_FILE")]
+    pub secret_keys_file: Option<PathBuf>,
+    /// Longest a call may run, e.g. `30s` or `500ms`.
+    #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Every configured secret key, from flags, variable and file.
+    pub fn all_secret_keys(&self) -> std::io::Result<Vec<String>> {
+        let mut keys: Vec<String> = self.secret_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect();
+        if let Some(path) = &self.secret_keys_file {
+            let text = std::fs::read_to_string(path)?;
+            keys.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (use e.g. 30s or 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown duration unit in {text:?}: use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+    }
+}

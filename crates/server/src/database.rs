@@ -1,0 +1,53 @@
+//! Opening the store a database URL names.
+
+use std::sync::Arc;
+
+use roster_storage::{StorageError, UserStore};
+use roster_storage_postgres::{PoolConfig, PostgresStore};
+use roster_storage_sqlite::SqliteStore;
+
+/// An open store of either backend.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Database {
+    /// Opens `postgres://…`/`postgresql://…` with PostgreSQL and
+    /// `sqlite:…` with SQLite.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PostgresStore::connect(url, PoolConfig::default()).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(SqliteStore::connect(url).await?))
+        } else {
+            Err(StorageError::internal("the database URL must start with postgres://, postgresql:// or sqlite:"))
+        }
+    }
+
+    /// Applies pending migrations (safe with several replicas starting at
+    /// once: PostgreSQL takes an advisory lock, SQLite a write lock).
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Sqlite(s) => s.migrate().await,
+            Self::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// The store, for the services.
+    pub fn users(&self) -> Arc<dyn UserStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Closes the connection pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+}
