@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end tests: the real server (in process, on an ephemeral port) and
+//! the real `roster` binary, spoken to over gRPC on loopback, against both
+//! SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+mod auth;
+mod binary;
+mod harness;
+mod identifiers;
+mod users;

@@ -496,6 +496,34 @@ fn time(t: Option<&prost_types::Timestamp>) -> Timestamp {
     t.map_or(Timestamp::from_millis(0), from_timestamp)
 }
 
+fn nested<T>(field: &str, result: Result<T, FieldViolation>) -> Result<T, FieldViolation> {
+    result.map_err(|v| v.nested(field))
+}
+
+/// An email address received from Roster, as a domain value.
+pub fn email_from_proto(e: v1::EmailAddress) -> Result<EmailAddress, FieldViolation> {
+    Ok(EmailAddress {
+        id: nested("id", IdentificationId::parse(&e.id))?,
+        email: nested("email_address", Email::parse(&e.email_address))?,
+        created_at: time(e.created_at.as_ref()),
+        updated_at: time(e.updated_at.as_ref()),
+        verification: parse_verification(e.verification),
+    })
+}
+
+/// A phone number received from Roster, as a domain value.
+pub fn phone_from_proto(p: v1::PhoneNumber) -> Result<PhoneNumber, FieldViolation> {
+    Ok(PhoneNumber {
+        id: nested("id", IdentificationId::parse(&p.id))?,
+        phone: nested("phone_number", Phone::parse(&p.phone_number))?,
+        reserved_for_second_factor: p.reserved_for_second_factor,
+        default_second_factor: p.default_second_factor,
+        created_at: time(p.created_at.as_ref()),
+        updated_at: time(p.updated_at.as_ref()),
+        verification: parse_verification(p.verification),
+    })
+}
+
 /// A user received from Roster, as a domain value. Fails on values Roster
 /// never sends (an invalid email, say).
 pub fn user_from_proto(u: v1::User) -> Result<User, DomainError> {
@@ -505,33 +533,13 @@ pub fn user_from_proto(u: v1::User) -> Result<User, DomainError> {
         .email_addresses
         .into_iter()
         .enumerate()
-        .filter_map(|(i, e)| {
-            let field = format!("email_addresses[{i}]");
-            Some(EmailAddress {
-                id: v.check(&format!("{field}.id"), IdentificationId::parse(&e.id))?,
-                email: v.check(&format!("{field}.email_address"), Email::parse(&e.email_address))?,
-                created_at: time(e.created_at.as_ref()),
-                updated_at: time(e.updated_at.as_ref()),
-                verification: parse_verification(e.verification),
-            })
-        })
+        .filter_map(|(i, e)| v.check(&format!("email_addresses[{i}]"), email_from_proto(e)))
         .collect();
     let phone_numbers = u
         .phone_numbers
         .into_iter()
         .enumerate()
-        .filter_map(|(i, p)| {
-            let field = format!("phone_numbers[{i}]");
-            Some(PhoneNumber {
-                id: v.check(&format!("{field}.id"), IdentificationId::parse(&p.id))?,
-                phone: v.check(&format!("{field}.phone_number"), Phone::parse(&p.phone_number))?,
-                reserved_for_second_factor: p.reserved_for_second_factor,
-                default_second_factor: p.default_second_factor,
-                created_at: time(p.created_at.as_ref()),
-                updated_at: time(p.updated_at.as_ref()),
-                verification: parse_verification(p.verification),
-            })
-        })
+        .filter_map(|(i, p)| v.check(&format!("phone_numbers[{i}]"), phone_from_proto(p)))
         .collect();
     let user = User {
         id: id.unwrap_or_else(|| UserId::generate(Timestamp::from_millis(0))),

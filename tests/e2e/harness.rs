@@ -1,0 +1,130 @@
+//! Starting servers for tests: a fresh database per test, a listener bound
+//! to port 0 before serving (no sleeps), shutdown through the same future
+//! `main` uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use roster_client::{Client, ClientError};
+use roster_domain::SystemClock;
+use roster_server::database::Database;
+use roster_server::{AppState, Hasher, SecretKeys, ServeOptions};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database URL of the backend; the directory lives as long as the
+/// returned guard.
+pub async fn database_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (format!("sqlite://{}", dir.path().join("roster.db").display()), Some(dir))
+        }
+        Backend::Postgres => (roster_testing::postgres_database().await, None),
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with_keys(backend, &[]).await
+    }
+
+    pub async fn start_with_keys(backend: Backend, keys: &[&str]) -> Self {
+        let (url, dir) = database_url(backend).await;
+        let db = Database::open(&url).await.unwrap();
+        db.migrate().await.unwrap();
+        let state = AppState { users: db.users(), clock: Arc::new(SystemClock), hasher: Hasher::new(2) };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions { secret_keys: SecretKeys::new(keys), ..ServeOptions::default() };
+        let task = tokio::spawn(async move {
+            roster_server::run(listener, state, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+            db.close().await;
+        });
+        Self { addr, stop: Some(stop), task: Some(task), _dir: dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client sending `key` (or none).
+    pub async fn client_with(&self, key: Option<&str>) -> Client {
+        Client::connect(self.endpoint(), key.map(str::to_owned)).await.unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        self.client_with(None).await
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// The `ErrorInfo.reason` and code of a failed call.
+pub fn failure<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (tonic::Code, String) {
+    let err = result.expect_err("the call should have failed");
+    (err.code().expect("a status error"), err.reason().unwrap_or_default())
+}
+
+/// Field names of a failed call's `BadRequest` violations.
+pub fn violated_fields<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    match result.expect_err("the call should have failed") {
+        ClientError::Status(status) => status
+            .get_details_bad_request()
+            .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+            .unwrap_or_default(),
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+/// Instantiates async test functions `fn(Backend)` once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
