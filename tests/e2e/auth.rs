@@ -10,12 +10,21 @@ use crate::harness::{Backend, TestServer, failure};
 #[tokio::test]
 async fn backend_api_needs_a_configured_key() {
     let server = TestServer::start_with_keys(Backend::Sqlite, &["sk_old_key", "sk_new_key"]).await;
-    let create = || v1::CreateUserRequest { username: "someone".into(), ..Default::default() };
+    let create = || v1::CreateUserRequest {
+        username: "someone".into(),
+        ..Default::default()
+    };
 
     let mut anonymous = server.client_with(None).await;
-    assert_eq!(failure(anonymous.create_user(create()).await), (Code::Unauthenticated, "AUTHORIZATION_MISSING".into()));
+    assert_eq!(
+        failure(anonymous.create_user(create()).await),
+        (Code::Unauthenticated, "AUTHORIZATION_MISSING".into())
+    );
     let mut wrong = server.client_with(Some("sk_old_key_but_longer")).await;
-    assert_eq!(failure(wrong.count_users(None).await), (Code::Unauthenticated, "SECRET_KEY_INVALID".into()));
+    assert_eq!(
+        failure(wrong.count_users(None).await),
+        (Code::Unauthenticated, "SECRET_KEY_INVALID".into())
+    );
 
     // Both keys work, so keys can be rotated without downtime.
     let mut old = server.client_with(Some("sk_old_key")).await;
@@ -26,8 +35,17 @@ async fn backend_api_needs_a_configured_key() {
     assert_eq!(new.count_users(None).await.unwrap(), 1);
 
     // Health needs no key: Kubernetes probes carry none.
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint()).unwrap().connect().await.unwrap();
-    let health = HealthClient::new(channel).check(HealthCheckRequest { service: "roster.v1.UserService".into() }).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "roster.v1.UserService".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(health.into_inner().status, 1, "SERVING");
     server.stop().await;
 }

@@ -36,7 +36,9 @@ impl Running {
     fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = command(&dir);
-        cmd.args(["serve", "--grpc-addr"]).arg(extra.first().copied().unwrap_or("127.0.0.1:0")).args(extra.iter().skip(1));
+        cmd.args(["serve", "--grpc-addr"])
+            .arg(extra.first().copied().unwrap_or("127.0.0.1:0"))
+            .args(extra.iter().skip(1));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -50,7 +52,13 @@ impl Running {
                 }
             }
         });
-        let mut running = Self { child, port: 0, logs, seen: Vec::new(), _dir: dir };
+        let mut running = Self {
+            child,
+            port: 0,
+            logs,
+            seen: Vec::new(),
+            _dir: dir,
+        };
         let line = running.wait_for("serving gRPC");
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
         let addr: std::net::SocketAddr = json["addr"].as_str().unwrap().parse().unwrap();
@@ -63,10 +71,12 @@ impl Running {
         loop {
             let line = self
                 .logs
-                .recv_timeout(Duration::from_secs(60))
+                .recv_timeout(Duration::from_mins(1))
                 .unwrap_or_else(|_| panic!("no {message:?} log line; saw: {:#?}", self.seen));
             self.seen.push(line.clone());
-            if serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|j| j["message"] == message) {
+            if serde_json::from_str::<serde_json::Value>(&line)
+                .is_ok_and(|j| j["message"] == message)
+            {
                 return line;
             }
         }
@@ -77,7 +87,10 @@ impl Running {
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 }
@@ -105,18 +118,26 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     calls.next().unwrap().await.unwrap().unwrap();
     server.terminate();
     for call in calls {
-        call.await.unwrap().expect("in-flight calls complete during the drain");
+        call.await
+            .unwrap()
+            .expect("in-flight calls complete during the drain");
     }
     server.wait_for("shutting down: draining in-flight calls");
     server.wait_for("drained; server stopped");
-    let status = tokio::task::spawn_blocking(move || server.child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
 #[test]
 fn refuses_an_open_backend_api_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let output = command(&dir).args(["serve", "--grpc-addr", "0.0.0.0:0"]).output().unwrap();
+    let output = command(&dir)
+        .args(["serve", "--grpc-addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("without a secret key"), "{stderr}");
@@ -126,10 +147,18 @@ fn refuses_an_open_backend_api_beyond_loopback() {
 async fn keys_from_a_file_allow_listening_beyond_loopback() {
     let keys = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(keys.path(), "# rotated 2026-11\nsk_from_file\n\n").unwrap();
-    let server = Running::start(&["0.0.0.0:0"], &[("ROSTER_SECRET_KEYS_FILE", keys.path().to_str().unwrap())]);
+    let server = Running::start(
+        &["0.0.0.0:0"],
+        &[("ROSTER_SECRET_KEYS_FILE", keys.path().to_str().unwrap())],
+    );
     let mut anonymous = Client::connect(server.endpoint(), None).await.unwrap();
-    assert_eq!(anonymous.count_users(None).await.unwrap_err().code(), Some(tonic::Code::Unauthenticated));
-    let mut client = Client::connect(server.endpoint(), Some("sk_from_file".into())).await.unwrap();
+    assert_eq!(
+        anonymous.count_users(None).await.unwrap_err().code(),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let mut client = Client::connect(server.endpoint(), Some("sk_from_file".into()))
+        .await
+        .unwrap();
     assert_eq!(client.count_users(None).await.unwrap(), 0);
     server.terminate();
 }
@@ -139,12 +168,21 @@ async fn migrate_then_serve_on_postgres() {
     let url = roster_testing::postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let status = command(&dir).args(["migrate", "--database-url", &url]).status().unwrap();
+        let status = command(&dir)
+            .args(["migrate", "--database-url", &url])
+            .status()
+            .unwrap();
         assert!(status.success(), "migrate is repeatable");
     }
     let mut server = Running::start(&["127.0.0.1:0", "--database-url", &url], &[]);
     let mut client = Client::connect(server.endpoint(), None).await.unwrap();
-    let user = client.create_user(v1::CreateUserRequest { username: "pg_user".into(), ..Default::default() }).await.unwrap();
+    let user = client
+        .create_user(v1::CreateUserRequest {
+            username: "pg_user".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(client.get_user(&user.id).await.unwrap(), user);
     server.terminate();
     server.wait_for("drained; server stopped");
@@ -152,7 +190,10 @@ async fn migrate_then_serve_on_postgres() {
 
 #[test]
 fn serve_help_documents_every_flag_and_variable() {
-    let output = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     for text in [
         "--grpc-addr",

@@ -25,7 +25,10 @@ pub async fn database_url(backend: Backend) -> (String, Option<tempfile::TempDir
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
-            (format!("sqlite://{}", dir.path().join("roster.db").display()), Some(dir))
+            (
+                format!("sqlite://{}", dir.path().join("roster.db").display()),
+                Some(dir),
+            )
         }
         Backend::Postgres => (roster_testing::postgres_database().await, None),
     }
@@ -48,11 +51,18 @@ impl TestServer {
         let (url, dir) = database_url(backend).await;
         let db = Database::open(&url).await.unwrap();
         db.migrate().await.unwrap();
-        let state = AppState { users: db.users(), clock: Arc::new(SystemClock), hasher: Hasher::new(2) };
+        let state = AppState {
+            users: db.users(),
+            clock: Arc::new(SystemClock),
+            hasher: Hasher::new(2),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions { secret_keys: SecretKeys::new(keys), ..ServeOptions::default() };
+        let options = ServeOptions {
+            secret_keys: SecretKeys::new(keys),
+            ..ServeOptions::default()
+        };
         let task = tokio::spawn(async move {
             roster_server::run(listener, state, options, async {
                 let _ = stopped.await;
@@ -61,7 +71,12 @@ impl TestServer {
             .unwrap();
             db.close().await;
         });
-        Self { addr, stop: Some(stop), task: Some(task), _dir: dir }
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -70,7 +85,9 @@ impl TestServer {
 
     /// A client sending `key` (or none).
     pub async fn client_with(&self, key: Option<&str>) -> Client {
-        Client::connect(self.endpoint(), key.map(str::to_owned)).await.unwrap()
+        Client::connect(self.endpoint(), key.map(str::to_owned))
+            .await
+            .unwrap()
     }
 
     pub async fn client(&self) -> Client {
@@ -91,7 +108,10 @@ impl TestServer {
 /// The `ErrorInfo.reason` and code of a failed call.
 pub fn failure<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (tonic::Code, String) {
     let err = result.expect_err("the call should have failed");
-    (err.code().expect("a status error"), err.reason().unwrap_or_default())
+    (
+        err.code().expect("a status error"),
+        err.reason().unwrap_or_default(),
+    )
 }
 
 /// Field names of a failed call's `BadRequest` violations.

@@ -2,7 +2,13 @@
 //! the real `roster` binary, spoken to over gRPC on loopback, against both
 //! SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::missing_panics_doc,
+    clippy::unnecessary_wraps,
+    reason = "tests: a failed unwrap is a failed test"
+)]
 
 mod auth;
 mod binary;

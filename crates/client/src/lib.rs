@@ -17,7 +17,9 @@
 //! # Ok(()) }
 //! ```
 
-use roster_domain::{DomainError, EmailAddress, FieldViolation, IdentificationId, PhoneNumber, User, UserId};
+use roster_domain::{
+    DomainError, EmailAddress, FieldViolation, IdentificationId, PhoneNumber, User, UserId,
+};
 use roster_proto::convert;
 pub use roster_proto::v1;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -69,9 +71,14 @@ impl ClientError {
 pub struct Auth(Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -92,9 +99,11 @@ fn missing(what: &str) -> ClientError {
 }
 
 fn user_of(user: Option<v1::User>) -> Result<User, ClientError> {
-    convert::user_from_proto(user.ok_or_else(|| missing("user"))?).map_err(|e: DomainError| ClientError::InvalidResponse(e.to_string()))
+    convert::user_from_proto(user.ok_or_else(|| missing("user"))?)
+        .map_err(|e: DomainError| ClientError::InvalidResponse(e.to_string()))
 }
 
+#[allow(clippy::needless_pass_by_value, reason = "used as a map_err adapter")]
 fn invalid(v: FieldViolation) -> ClientError {
     ClientError::InvalidResponse(format!("{}: {}", v.field, v.description))
 }
@@ -102,7 +111,10 @@ fn invalid(v: FieldViolation) -> ClientError {
 impl Client {
     /// Connects to `endpoint` (`http://host:port`), sending `secret_key`
     /// with every call.
-    pub async fn connect(endpoint: impl Into<String>, secret_key: Option<String>) -> Result<Self, ClientError> {
+    pub async fn connect(
+        endpoint: impl Into<String>,
+        secret_key: Option<String>,
+    ) -> Result<Self, ClientError> {
         let channel = Endpoint::from_shared(endpoint.into())?.connect().await?;
         Self::with_channel(channel, secret_key)
     }
@@ -110,7 +122,11 @@ impl Client {
     /// Uses an existing channel.
     pub fn with_channel(channel: Channel, secret_key: Option<String>) -> Result<Self, ClientError> {
         let header = secret_key
-            .map(|k| format!("Bearer {k}").parse::<MetadataValue<Ascii>>().map_err(|_| ClientError::InvalidKey))
+            .map(|k| {
+                format!("Bearer {k}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::InvalidKey)
+            })
             .transpose()?;
         let auth = Auth(header);
         Ok(Self {
@@ -125,98 +141,246 @@ impl Client {
         &mut self.users
     }
 
-    pub async fn create_user(&mut self, request: v1::CreateUserRequest) -> Result<User, ClientError> {
+    pub async fn create_user(
+        &mut self,
+        request: v1::CreateUserRequest,
+    ) -> Result<User, ClientError> {
         user_of(self.users.create_user(request).await?.into_inner().user)
     }
 
     pub async fn get_user(&mut self, id: &UserId) -> Result<User, ClientError> {
-        user_of(self.users.get_user(v1::GetUserRequest { id: id.to_string() }).await?.into_inner().user)
+        user_of(
+            self.users
+                .get_user(v1::GetUserRequest { id: id.to_string() })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     /// One page of users and the token of the next page, if any.
-    pub async fn list_users(&mut self, request: v1::ListUsersRequest) -> Result<(Vec<User>, Option<String>), ClientError> {
+    pub async fn list_users(
+        &mut self,
+        request: v1::ListUsersRequest,
+    ) -> Result<(Vec<User>, Option<String>), ClientError> {
         let page = self.users.list_users(request).await?.into_inner();
-        let users = page.users.into_iter().map(|u| user_of(Some(u))).collect::<Result<_, _>>()?;
+        let users = page
+            .users
+            .into_iter()
+            .map(|u| user_of(Some(u)))
+            .collect::<Result<_, _>>()?;
         Ok((users, Some(page.next_page_token).filter(|t| !t.is_empty())))
     }
 
-    pub async fn count_users(&mut self, filter: Option<v1::UserFilter>) -> Result<u64, ClientError> {
-        let count = self.users.count_users(v1::CountUsersRequest { filter }).await?.into_inner().total_count;
+    pub async fn count_users(
+        &mut self,
+        filter: Option<v1::UserFilter>,
+    ) -> Result<u64, ClientError> {
+        let count = self
+            .users
+            .count_users(v1::CountUsersRequest { filter })
+            .await?
+            .into_inner()
+            .total_count;
         u64::try_from(count).map_err(|_| ClientError::InvalidResponse("negative count".into()))
     }
 
-    pub async fn update_user(&mut self, request: v1::UpdateUserRequest) -> Result<User, ClientError> {
+    pub async fn update_user(
+        &mut self,
+        request: v1::UpdateUserRequest,
+    ) -> Result<User, ClientError> {
         user_of(self.users.update_user(request).await?.into_inner().user)
     }
 
-    pub async fn update_user_metadata(&mut self, request: v1::UpdateUserMetadataRequest) -> Result<User, ClientError> {
-        user_of(self.users.update_user_metadata(request).await?.into_inner().user)
+    pub async fn update_user_metadata(
+        &mut self,
+        request: v1::UpdateUserMetadataRequest,
+    ) -> Result<User, ClientError> {
+        user_of(
+            self.users
+                .update_user_metadata(request)
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     pub async fn delete_user(&mut self, id: &UserId) -> Result<(), ClientError> {
-        self.users.delete_user(v1::DeleteUserRequest { id: id.to_string() }).await?;
+        self.users
+            .delete_user(v1::DeleteUserRequest { id: id.to_string() })
+            .await?;
         Ok(())
     }
 
     pub async fn ban_user(&mut self, id: &UserId) -> Result<User, ClientError> {
-        user_of(self.users.ban_user(v1::BanUserRequest { user_id: id.to_string() }).await?.into_inner().user)
+        user_of(
+            self.users
+                .ban_user(v1::BanUserRequest {
+                    user_id: id.to_string(),
+                })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     pub async fn unban_user(&mut self, id: &UserId) -> Result<User, ClientError> {
-        user_of(self.users.unban_user(v1::UnbanUserRequest { user_id: id.to_string() }).await?.into_inner().user)
+        user_of(
+            self.users
+                .unban_user(v1::UnbanUserRequest {
+                    user_id: id.to_string(),
+                })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     pub async fn lock_user(&mut self, id: &UserId) -> Result<User, ClientError> {
-        user_of(self.users.lock_user(v1::LockUserRequest { user_id: id.to_string() }).await?.into_inner().user)
+        user_of(
+            self.users
+                .lock_user(v1::LockUserRequest {
+                    user_id: id.to_string(),
+                })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     pub async fn unlock_user(&mut self, id: &UserId) -> Result<User, ClientError> {
-        user_of(self.users.unlock_user(v1::UnlockUserRequest { user_id: id.to_string() }).await?.into_inner().user)
+        user_of(
+            self.users
+                .unlock_user(v1::UnlockUserRequest {
+                    user_id: id.to_string(),
+                })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
     /// Whether `password` is the user's password.
-    pub async fn verify_password(&mut self, id: &UserId, password: &str) -> Result<bool, ClientError> {
-        let request = v1::VerifyPasswordRequest { user_id: id.to_string(), password: password.to_owned() };
-        Ok(self.users.verify_password(request).await?.into_inner().verified)
+    pub async fn verify_password(
+        &mut self,
+        id: &UserId,
+        password: &str,
+    ) -> Result<bool, ClientError> {
+        let request = v1::VerifyPasswordRequest {
+            user_id: id.to_string(),
+            password: password.to_owned(),
+        };
+        Ok(self
+            .users
+            .verify_password(request)
+            .await?
+            .into_inner()
+            .verified)
     }
 
-    pub async fn create_email_address(&mut self, request: v1::CreateEmailAddressRequest) -> Result<EmailAddress, ClientError> {
-        let e = self.emails.create_email_address(request).await?.into_inner().email_address;
-        convert::email_from_proto(e.ok_or_else(|| missing("email address"))?).map_err(invalid)
+    pub async fn create_email_address(
+        &mut self,
+        request: v1::CreateEmailAddressRequest,
+    ) -> Result<EmailAddress, ClientError> {
+        let e = self
+            .emails
+            .create_email_address(request)
+            .await?
+            .into_inner()
+            .email_address;
+        convert::email_from_proto(&e.ok_or_else(|| missing("email address"))?).map_err(invalid)
     }
 
-    pub async fn get_email_address(&mut self, id: &IdentificationId) -> Result<EmailAddress, ClientError> {
-        let e = self.emails.get_email_address(v1::GetEmailAddressRequest { id: id.to_string() }).await?.into_inner().email_address;
-        convert::email_from_proto(e.ok_or_else(|| missing("email address"))?).map_err(invalid)
+    pub async fn get_email_address(
+        &mut self,
+        id: &IdentificationId,
+    ) -> Result<EmailAddress, ClientError> {
+        let e = self
+            .emails
+            .get_email_address(v1::GetEmailAddressRequest { id: id.to_string() })
+            .await?
+            .into_inner()
+            .email_address;
+        convert::email_from_proto(&e.ok_or_else(|| missing("email address"))?).map_err(invalid)
     }
 
-    pub async fn update_email_address(&mut self, request: v1::UpdateEmailAddressRequest) -> Result<EmailAddress, ClientError> {
-        let e = self.emails.update_email_address(request).await?.into_inner().email_address;
-        convert::email_from_proto(e.ok_or_else(|| missing("email address"))?).map_err(invalid)
+    pub async fn update_email_address(
+        &mut self,
+        request: v1::UpdateEmailAddressRequest,
+    ) -> Result<EmailAddress, ClientError> {
+        let e = self
+            .emails
+            .update_email_address(request)
+            .await?
+            .into_inner()
+            .email_address;
+        convert::email_from_proto(&e.ok_or_else(|| missing("email address"))?).map_err(invalid)
     }
 
     /// Deletes an email address; returns its user as it is afterwards.
-    pub async fn delete_email_address(&mut self, id: &IdentificationId) -> Result<User, ClientError> {
-        user_of(self.emails.delete_email_address(v1::DeleteEmailAddressRequest { id: id.to_string() }).await?.into_inner().user)
+    pub async fn delete_email_address(
+        &mut self,
+        id: &IdentificationId,
+    ) -> Result<User, ClientError> {
+        user_of(
+            self.emails
+                .delete_email_address(v1::DeleteEmailAddressRequest { id: id.to_string() })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 
-    pub async fn create_phone_number(&mut self, request: v1::CreatePhoneNumberRequest) -> Result<PhoneNumber, ClientError> {
-        let p = self.phones.create_phone_number(request).await?.into_inner().phone_number;
-        convert::phone_from_proto(p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
+    pub async fn create_phone_number(
+        &mut self,
+        request: v1::CreatePhoneNumberRequest,
+    ) -> Result<PhoneNumber, ClientError> {
+        let p = self
+            .phones
+            .create_phone_number(request)
+            .await?
+            .into_inner()
+            .phone_number;
+        convert::phone_from_proto(&p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
     }
 
-    pub async fn get_phone_number(&mut self, id: &IdentificationId) -> Result<PhoneNumber, ClientError> {
-        let p = self.phones.get_phone_number(v1::GetPhoneNumberRequest { id: id.to_string() }).await?.into_inner().phone_number;
-        convert::phone_from_proto(p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
+    pub async fn get_phone_number(
+        &mut self,
+        id: &IdentificationId,
+    ) -> Result<PhoneNumber, ClientError> {
+        let p = self
+            .phones
+            .get_phone_number(v1::GetPhoneNumberRequest { id: id.to_string() })
+            .await?
+            .into_inner()
+            .phone_number;
+        convert::phone_from_proto(&p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
     }
 
-    pub async fn update_phone_number(&mut self, request: v1::UpdatePhoneNumberRequest) -> Result<PhoneNumber, ClientError> {
-        let p = self.phones.update_phone_number(request).await?.into_inner().phone_number;
-        convert::phone_from_proto(p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
+    pub async fn update_phone_number(
+        &mut self,
+        request: v1::UpdatePhoneNumberRequest,
+    ) -> Result<PhoneNumber, ClientError> {
+        let p = self
+            .phones
+            .update_phone_number(request)
+            .await?
+            .into_inner()
+            .phone_number;
+        convert::phone_from_proto(&p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
     }
 
     /// Deletes a phone number; returns its user as it is afterwards.
-    pub async fn delete_phone_number(&mut self, id: &IdentificationId) -> Result<User, ClientError> {
-        user_of(self.phones.delete_phone_number(v1::DeletePhoneNumberRequest { id: id.to_string() }).await?.into_inner().user)
+    pub async fn delete_phone_number(
+        &mut self,
+        id: &IdentificationId,
+    ) -> Result<User, ClientError> {
+        user_of(
+            self.phones
+                .delete_phone_number(v1::DeletePhoneNumberRequest { id: id.to_string() })
+                .await?
+                .into_inner()
+                .user,
+        )
     }
 }

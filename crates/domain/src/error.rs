@@ -62,14 +62,26 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
-    pub fn new(field: impl Into<String>, reason: &'static str, description: impl Into<String>) -> Self {
-        Self { field: field.into(), reason, description: description.into() }
+    pub fn new(
+        field: impl Into<String>,
+        reason: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            reason,
+            description: description.into(),
+        }
     }
 
     /// The same violation reported under a path prefixed by `parent`.
     #[must_use]
     pub fn nested(mut self, parent: &str) -> Self {
-        self.field = if self.field.is_empty() { parent.to_owned() } else { format!("{parent}.{}", self.field) };
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
         self
     }
 }
@@ -108,7 +120,11 @@ impl Violations {
 
     /// `Ok(())` when nothing was recorded, the collected violations otherwise.
     pub fn into_result(self) -> Result<(), DomainError> {
-        if self.0.is_empty() { Ok(()) } else { Err(DomainError::Invalid(self)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::Invalid(self))
+        }
     }
 }
 
@@ -138,23 +154,36 @@ pub enum DomainError {
     AlreadyExists { field: String },
     /// The current state forbids the operation.
     #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl DomainError {
     /// A single-field [`DomainError::Invalid`].
-    pub fn invalid(field: impl Into<String>, reason: &'static str, description: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        reason: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         let mut v = Violations::new();
         v.push(FieldViolation::new(field, reason, description));
         Self::Invalid(v)
     }
 
     pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::FailedPrecondition { reason, message: message.into() }
+        Self::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
     }
 
     pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
-        Self::NotFound { resource, id: id.into() }
+        Self::NotFound {
+            resource,
+            id: id.into(),
+        }
     }
 }
 

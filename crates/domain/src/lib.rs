@@ -30,8 +30,8 @@ pub use id::{IdentificationId, UserId};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use time::{Clock, SystemClock, Timestamp};
-pub use user::{MetadataKind, ProfileChange, UserUpdate, 
-    EmailAddress, NewIdentifiers, NewUser, PhoneNumber, User, UserRecord, Verification,
-    VerificationStatus, VerificationStrategy,
+pub use user::{
+    EmailAddress, MetadataKind, NewIdentifiers, NewUser, PhoneNumber, ProfileChange, User,
+    UserRecord, UserUpdate, Verification, VerificationStatus, VerificationStrategy,
 };
 pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

@@ -32,14 +32,15 @@ fn merge_into(target: &mut Map<String, Value>, patch: Map<String, Value>) {
             Value::Null => {
                 target.remove(&key);
             }
-            Value::Object(patch_obj) => match target.get_mut(&key) {
-                Some(Value::Object(existing)) => merge_into(existing, patch_obj),
-                _ => {
+            Value::Object(patch_obj) => {
+                if let Some(Value::Object(existing)) = target.get_mut(&key) {
+                    merge_into(existing, patch_obj);
+                } else {
                     let mut fresh = Map::new();
                     merge_into(&mut fresh, patch_obj);
                     target.insert(key, Value::Object(fresh));
                 }
-            },
+            }
             other => {
                 target.insert(key, other);
             }
@@ -63,7 +64,11 @@ impl Metadata {
                 }
                 Ok(metadata)
             }
-            _ => Err(FieldViolation::new("", reason::METADATA_INVALID, "metadata must be a JSON object")),
+            _ => Err(FieldViolation::new(
+                "",
+                reason::METADATA_INVALID,
+                "metadata must be a JSON object",
+            )),
         }
     }
 
@@ -116,7 +121,9 @@ pub fn check_total_size(parts: [&Metadata; 3]) -> Result<(), FieldViolation> {
         return Err(FieldViolation::new(
             "",
             reason::METADATA_TOO_LARGE,
-            format!("public, private and unsafe metadata together are {total} bytes; at most {MAX_TOTAL_BYTES} are allowed"),
+            format!(
+                "public, private and unsafe metadata together are {total} bytes; at most {MAX_TOTAL_BYTES} are allowed"
+            ),
         ));
     }
     Ok(())
@@ -134,7 +141,9 @@ mod tests {
     #[test]
     fn deep_merge_with_null_deletion_and_array_replacement() {
         let mut m = md(json!({"a": {"b": 1, "c": {"d": 2, "e": 3}}, "list": [1, 2], "gone": true}));
-        m.merge(md(json!({"a": {"c": {"d": null, "f": 4}}, "list": [3], "gone": null, "new": "x"})));
+        m.merge(md(
+            json!({"a": {"c": {"d": null, "f": 4}}, "list": [3], "gone": null, "new": "x"}),
+        ));
         assert_eq!(
             Value::Object(m.as_map().clone()),
             json!({"a": {"b": 1, "c": {"e": 3, "f": 4}}, "list": [3], "new": "x"})
@@ -163,6 +172,9 @@ mod tests {
     fn size_limit_counts_all_three() {
         let big = md(json!({"k": "x".repeat(3000)}));
         assert!(check_total_size([&big, &big, &Metadata::default()]).is_ok());
-        assert_eq!(check_total_size([&big, &big, &big]).unwrap_err().reason, reason::METADATA_TOO_LARGE);
+        assert_eq!(
+            check_total_size([&big, &big, &big]).unwrap_err().reason,
+            reason::METADATA_TOO_LARGE
+        );
     }
 }

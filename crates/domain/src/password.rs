@@ -96,7 +96,9 @@ impl PasswordHash {
         let Ok(parsed) = argon2::password_hash::PasswordHash::new(&self.0) else {
             return false;
         };
-        hasher().verify_password(candidate.as_bytes(), &parsed).is_ok()
+        hasher()
+            .verify_password(candidate.as_bytes(), &parsed)
+            .is_ok()
     }
 }
 
@@ -115,7 +117,10 @@ mod tests {
 
     #[test]
     fn policy_and_redaction() {
-        assert_eq!(Password::parse("short").unwrap_err().reason, reason::FORM_PASSWORD_LENGTH_TOO_SHORT);
+        assert_eq!(
+            Password::parse("short").unwrap_err().reason,
+            reason::FORM_PASSWORD_LENGTH_TOO_SHORT
+        );
         assert!(Password::parse(&"x".repeat(129)).is_err());
         let p = Password::parse("s3cret-password").unwrap();
         assert!(!format!("{p:?}").contains("s3cret"));

@@ -75,9 +75,15 @@ impl OrderField {
         match self {
             Self::CreatedAt => SortValue::Int(user.created_at.as_millis()),
             Self::UpdatedAt => SortValue::Int(user.updated_at.as_millis()),
-            Self::LastSignInAt => SortValue::Int(user.last_sign_in_at.map_or(0, Timestamp::as_millis)),
+            Self::LastSignInAt => {
+                SortValue::Int(user.last_sign_in_at.map_or(0, Timestamp::as_millis))
+            }
             Self::EmailAddress => text(user.primary_email().map(|e| e.email.normalized())),
-            Self::Username => text(user.username.as_ref().map(crate::values::Username::normalized)),
+            Self::Username => text(
+                user.username
+                    .as_ref()
+                    .map(crate::values::Username::normalized),
+            ),
             Self::FirstName => text(user.first_name.as_ref().map(|n| n.as_str().to_owned())),
             Self::LastName => text(user.last_name.as_ref().map(|n| n.as_str().to_owned())),
         }
@@ -95,7 +101,10 @@ pub struct OrderBy {
 impl Default for OrderBy {
     /// Newest first, as Clerk lists.
     fn default() -> Self {
-        Self { field: OrderField::CreatedAt, descending: true }
+        Self {
+            field: OrderField::CreatedAt,
+            descending: true,
+        }
     }
 }
 
@@ -119,7 +128,10 @@ impl OrderBy {
                 None => (text, false),
             }
         };
-        let field = OrderField::ALL.into_iter().find(|f| f.name() == name).ok_or_else(bad_order)?;
+        let field = OrderField::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(bad_order)?;
         Ok(Self { field, descending })
     }
 }
@@ -129,7 +141,10 @@ fn bad_order() -> FieldViolation {
     FieldViolation::new(
         "",
         reason::FORM_PARAM_VALUE_INVALID,
-        format!("order_by must be one of {} with an optional ' asc' or ' desc'", names.join(", ")),
+        format!(
+            "order_by must be one of {} with an optional ' asc' or ' desc'",
+            names.join(", ")
+        ),
     )
 }
 
@@ -147,9 +162,27 @@ mod tests {
     #[test]
     fn order_by_forms() {
         assert_eq!(OrderBy::parse("").unwrap(), OrderBy::default());
-        assert_eq!(OrderBy::parse("-username").unwrap(), OrderBy { field: OrderField::Username, descending: true });
-        assert_eq!(OrderBy::parse("first_name DESC").unwrap(), OrderBy { field: OrderField::FirstName, descending: true });
-        assert_eq!(OrderBy::parse("email_address").unwrap(), OrderBy { field: OrderField::EmailAddress, descending: false });
+        assert_eq!(
+            OrderBy::parse("-username").unwrap(),
+            OrderBy {
+                field: OrderField::Username,
+                descending: true
+            }
+        );
+        assert_eq!(
+            OrderBy::parse("first_name DESC").unwrap(),
+            OrderBy {
+                field: OrderField::FirstName,
+                descending: true
+            }
+        );
+        assert_eq!(
+            OrderBy::parse("email_address").unwrap(),
+            OrderBy {
+                field: OrderField::EmailAddress,
+                descending: false
+            }
+        );
         assert!(OrderBy::parse("password").is_err());
         assert!(OrderBy::parse("created_at sideways").is_err());
     }

@@ -50,7 +50,14 @@ impl VerificationStatus {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Unverified, Self::Verified, Self::Failed, Self::Expired].into_iter().find(|s| s.as_str() == name)
+        [
+            Self::Unverified,
+            Self::Verified,
+            Self::Failed,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 }
 
@@ -65,7 +72,9 @@ impl VerificationStrategy {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Admin, Self::EmailCode, Self::PhoneCode, Self::Oauth].into_iter().find(|s| s.as_str() == name)
+        [Self::Admin, Self::EmailCode, Self::PhoneCode, Self::Oauth]
+            .into_iter()
+            .find(|s| s.as_str() == name)
     }
 }
 
@@ -83,7 +92,12 @@ pub struct Verification {
 impl Verification {
     /// Never verified, no code outstanding.
     pub fn unverified() -> Self {
-        Self { status: VerificationStatus::Unverified, strategy: None, attempts: 0, expire_at: None }
+        Self {
+            status: VerificationStatus::Unverified,
+            strategy: None,
+            attempts: 0,
+            expire_at: None,
+        }
     }
 
     /// Verified on a backend caller's word.
@@ -97,7 +111,11 @@ impl Verification {
     }
 
     fn from_flag(verified: bool) -> Self {
-        if verified { Self::admin() } else { Self::unverified() }
+        if verified {
+            Self::admin()
+        } else {
+            Self::unverified()
+        }
     }
 
     pub fn is_verified(&self) -> bool {
@@ -206,9 +224,20 @@ impl User {
     /// Creates a user from validated input at `now`.
     pub fn create(new: NewUser, now: Timestamp) -> Result<Self, DomainError> {
         let mut violations = Violations::new();
-        let NewUser { identifiers, username, external_id, first_name, last_name, locale, .. } = new;
+        let NewUser {
+            identifiers,
+            username,
+            external_id,
+            first_name,
+            last_name,
+            locale,
+            ..
+        } = new;
         for (i, email) in identifiers.emails.iter().enumerate() {
-            if identifiers.emails[..i].iter().any(|e| e.normalized() == email.normalized()) {
+            if identifiers.emails[..i]
+                .iter()
+                .any(|e| e.normalized() == email.normalized())
+            {
                 violations.push(FieldViolation::new(
                     format!("email_addresses[{i}]"),
                     reason::FORM_IDENTIFIER_DUPLICATE,
@@ -232,7 +261,11 @@ impl User {
                 "a user needs at least one email address, phone number or username",
             ));
         }
-        if let Err(v) = metadata::check_total_size([&new.public_metadata, &new.private_metadata, &new.unsafe_metadata]) {
+        if let Err(v) = metadata::check_total_size([
+            &new.public_metadata,
+            &new.private_metadata,
+            &new.unsafe_metadata,
+        ]) {
             violations.push(v.nested("metadata"));
         }
         violations.into_result()?;
@@ -241,12 +274,16 @@ impl User {
         // Identifiers are listed by (created_at, id); ids made in the same
         // millisecond are handed out in sorted order so the lists keep the
         // request's order.
-        let mut ids: Vec<IdentificationId> = (0..identifiers.emails.len() + identifiers.phones.len())
+        let mut ids: Vec<IdentificationId> = (0..identifiers.emails.len()
+            + identifiers.phones.len())
             .map(|_| IdentificationId::generate(now))
             .collect();
         ids.sort();
         let mut ids = ids.into_iter();
-        let mut next_id = || ids.next().unwrap_or_else(|| IdentificationId::generate(now));
+        let mut next_id = || {
+            ids.next()
+                .unwrap_or_else(|| IdentificationId::generate(now))
+        };
         let email_addresses: Vec<EmailAddress> = identifiers
             .emails
             .into_iter()
@@ -299,7 +336,9 @@ impl User {
 
     /// Whether the user has a second factor.
     pub fn two_factor_enabled(&self) -> bool {
-        self.phone_numbers.iter().any(|p| p.reserved_for_second_factor)
+        self.phone_numbers
+            .iter()
+            .any(|p| p.reserved_for_second_factor)
     }
 
     pub fn email(&self, id: &IdentificationId) -> Option<&EmailAddress> {
@@ -312,15 +351,23 @@ impl User {
 
     /// The primary email address, if any.
     pub fn primary_email(&self) -> Option<&EmailAddress> {
-        self.primary_email_address_id.as_ref().and_then(|id| self.email(id))
+        self.primary_email_address_id
+            .as_ref()
+            .and_then(|id| self.email(id))
     }
 
     fn email_mut(&mut self, id: &IdentificationId) -> Result<&mut EmailAddress, DomainError> {
-        self.email_addresses.iter_mut().find(|e| &e.id == id).ok_or_else(|| not_found("email address", id))
+        self.email_addresses
+            .iter_mut()
+            .find(|e| &e.id == id)
+            .ok_or_else(|| not_found("email address", id))
     }
 
     fn phone_mut(&mut self, id: &IdentificationId) -> Result<&mut PhoneNumber, DomainError> {
-        self.phone_numbers.iter_mut().find(|p| &p.id == id).ok_or_else(|| not_found("phone number", id))
+        self.phone_numbers
+            .iter_mut()
+            .find(|p| &p.id == id)
+            .ok_or_else(|| not_found("phone number", id))
     }
 
     fn identifier_count(&self) -> usize {
@@ -341,20 +388,35 @@ impl User {
     /// and none is primary: the oldest verified one.
     fn ensure_primaries(&mut self) {
         if self.primary_email().is_none() {
-            self.primary_email_address_id =
-                self.email_addresses.iter().find(|e| e.verification.is_verified()).map(|e| e.id.clone());
+            self.primary_email_address_id = self
+                .email_addresses
+                .iter()
+                .find(|e| e.verification.is_verified())
+                .map(|e| e.id.clone());
         }
-        let has_primary_phone = self.primary_phone_number_id.as_ref().is_some_and(|id| self.phone(id).is_some());
+        let has_primary_phone = self
+            .primary_phone_number_id
+            .as_ref()
+            .is_some_and(|id| self.phone(id).is_some());
         if !has_primary_phone {
-            self.primary_phone_number_id =
-                self.phone_numbers.iter().find(|p| p.verification.is_verified()).map(|p| p.id.clone());
+            self.primary_phone_number_id = self
+                .phone_numbers
+                .iter()
+                .find(|p| p.verification.is_verified())
+                .map(|p| p.id.clone());
         }
-        if self.phone_numbers.iter().any(|p| p.reserved_for_second_factor)
-            && !self.phone_numbers.iter().any(|p| p.default_second_factor)
+        let needs_default = self
+            .phone_numbers
+            .iter()
+            .any(|p| p.reserved_for_second_factor)
+            && !self.phone_numbers.iter().any(|p| p.default_second_factor);
+        if needs_default
+            && let Some(first) = self
+                .phone_numbers
+                .iter_mut()
+                .find(|p| p.reserved_for_second_factor)
         {
-            if let Some(first) = self.phone_numbers.iter_mut().find(|p| p.reserved_for_second_factor) {
-                first.default_second_factor = true;
-            }
+            first.default_second_factor = true;
         }
     }
 
@@ -363,7 +425,11 @@ impl User {
     }
 
     /// Sets or removes the username; removing it must leave an identifier.
-    pub fn set_username(&mut self, username: Option<Username>, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_username(
+        &mut self,
+        username: Option<Username>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         if username.is_none() && self.username.is_some() {
             self.ensure_identifier_left()?;
         }
@@ -374,7 +440,12 @@ impl User {
 
     /// Sets the profile fields that carry no rule beyond their own format.
     pub fn set_profile(&mut self, change: ProfileChange, now: Timestamp) {
-        let ProfileChange { first_name, last_name, external_id, locale } = change;
+        let ProfileChange {
+            first_name,
+            last_name,
+            external_id,
+            locale,
+        } = change;
         if let Some(v) = first_name {
             self.first_name = v;
         }
@@ -393,7 +464,11 @@ impl User {
     /// Makes a verified email address of this user primary. `None` is only
     /// accepted when the user has no verified address (there is nothing to
     /// be primary).
-    pub fn set_primary_email(&mut self, id: Option<&IdentificationId>, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_primary_email(
+        &mut self,
+        id: Option<&IdentificationId>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         const FIELD: &str = "primary_email_address_id";
         match id {
             None if self.primary_email_address_id.is_some() => Err(DomainError::precondition(
@@ -403,7 +478,11 @@ impl User {
             None => Ok(()),
             Some(id) => {
                 let email = self.email(id).ok_or_else(|| {
-                    DomainError::invalid(FIELD, reason::FORM_IDENTIFIER_NOT_FOUND, "not an email address of this user")
+                    DomainError::invalid(
+                        FIELD,
+                        reason::FORM_IDENTIFIER_NOT_FOUND,
+                        "not an email address of this user",
+                    )
                 })?;
                 if !email.verification.is_verified() {
                     return Err(DomainError::precondition(
@@ -420,7 +499,11 @@ impl User {
 
     /// Makes a verified phone number of this user primary; see
     /// [`Self::set_primary_email`].
-    pub fn set_primary_phone(&mut self, id: Option<&IdentificationId>, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_primary_phone(
+        &mut self,
+        id: Option<&IdentificationId>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         const FIELD: &str = "primary_phone_number_id";
         match id {
             None if self.primary_phone_number_id.is_some() => Err(DomainError::precondition(
@@ -430,7 +513,11 @@ impl User {
             None => Ok(()),
             Some(id) => {
                 let phone = self.phone(id).ok_or_else(|| {
-                    DomainError::invalid(FIELD, reason::FORM_IDENTIFIER_NOT_FOUND, "not a phone number of this user")
+                    DomainError::invalid(
+                        FIELD,
+                        reason::FORM_IDENTIFIER_NOT_FOUND,
+                        "not a phone number of this user",
+                    )
                 })?;
                 if !phone.verification.is_verified() {
                     return Err(DomainError::precondition(
@@ -454,11 +541,20 @@ impl User {
         primary: bool,
         now: Timestamp,
     ) -> Result<IdentificationId, DomainError> {
-        if self.email_addresses.iter().any(|e| e.email.normalized() == email.normalized()) {
-            return Err(DomainError::AlreadyExists { field: "email_address".into() });
+        if self
+            .email_addresses
+            .iter()
+            .any(|e| e.email.normalized() == email.normalized())
+        {
+            return Err(DomainError::AlreadyExists {
+                field: "email_address".into(),
+            });
         }
         if primary && !verified {
-            return Err(DomainError::precondition(reason::PRIMARY_NOT_VERIFIED, "only a verified email address can be primary"));
+            return Err(DomainError::precondition(
+                reason::PRIMARY_NOT_VERIFIED,
+                "only a verified email address can be primary",
+            ));
         }
         let id = IdentificationId::generate(now);
         self.email_addresses.push(EmailAddress {
@@ -468,7 +564,8 @@ impl User {
             created_at: now,
             updated_at: now,
         });
-        self.email_addresses.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        self.email_addresses
+            .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         if primary {
             self.primary_email_address_id = Some(id.clone());
         }
@@ -488,10 +585,15 @@ impl User {
         now: Timestamp,
     ) -> Result<IdentificationId, DomainError> {
         if self.phone_numbers.iter().any(|p| p.phone == phone) {
-            return Err(DomainError::AlreadyExists { field: "phone_number".into() });
+            return Err(DomainError::AlreadyExists {
+                field: "phone_number".into(),
+            });
         }
         if primary && !verified {
-            return Err(DomainError::precondition(reason::PRIMARY_NOT_VERIFIED, "only a verified phone number can be primary"));
+            return Err(DomainError::precondition(
+                reason::PRIMARY_NOT_VERIFIED,
+                "only a verified phone number can be primary",
+            ));
         }
         if reserved_for_second_factor && !verified {
             return Err(DomainError::precondition(
@@ -509,7 +611,8 @@ impl User {
             created_at: now,
             updated_at: now,
         });
-        self.phone_numbers.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        self.phone_numbers
+            .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         if primary {
             self.primary_phone_number_id = Some(id.clone());
         }
@@ -520,7 +623,12 @@ impl User {
 
     /// Marks an email address verified or unverified by a backend caller's
     /// word. The primary address cannot be unverified.
-    pub fn set_email_verified(&mut self, id: &IdentificationId, verified: bool, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_email_verified(
+        &mut self,
+        id: &IdentificationId,
+        verified: bool,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         if !verified && self.primary_email_address_id.as_ref() == Some(id) {
             return Err(DomainError::precondition(
                 reason::PRIMARY_NOT_VERIFIED,
@@ -539,7 +647,12 @@ impl User {
 
     /// Marks a phone number verified or unverified by a backend caller's
     /// word. The primary and reserved numbers cannot be unverified.
-    pub fn set_phone_verified(&mut self, id: &IdentificationId, verified: bool, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_phone_verified(
+        &mut self,
+        id: &IdentificationId,
+        verified: bool,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         if !verified && self.primary_phone_number_id.as_ref() == Some(id) {
             return Err(DomainError::precondition(
                 reason::PRIMARY_NOT_VERIFIED,
@@ -564,7 +677,12 @@ impl User {
 
     /// Applies `primary` to an email address: `true` makes it primary,
     /// `false` is refused on the primary (another must be chosen instead).
-    pub fn set_email_primary_flag(&mut self, id: &IdentificationId, primary: bool, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_email_primary_flag(
+        &mut self,
+        id: &IdentificationId,
+        primary: bool,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let is_primary = self.primary_email_address_id.as_ref() == Some(id);
         self.email_mut(id)?;
         match (primary, is_primary) {
@@ -579,7 +697,12 @@ impl User {
 
     /// Applies `primary` to a phone number; see
     /// [`Self::set_email_primary_flag`].
-    pub fn set_phone_primary_flag(&mut self, id: &IdentificationId, primary: bool, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_phone_primary_flag(
+        &mut self,
+        id: &IdentificationId,
+        primary: bool,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let is_primary = self.primary_phone_number_id.as_ref() == Some(id);
         self.phone_mut(id)?;
         match (primary, is_primary) {
@@ -595,7 +718,12 @@ impl User {
     /// Reserves a verified phone number for second-factor verification, or
     /// releases it. The default second factor moves to the oldest other
     /// reserved number when its own is released.
-    pub fn set_phone_reserved(&mut self, id: &IdentificationId, reserved: bool, now: Timestamp) -> Result<(), DomainError> {
+    pub fn set_phone_reserved(
+        &mut self,
+        id: &IdentificationId,
+        reserved: bool,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let phone = self.phone_mut(id)?;
         if reserved && !phone.verification.is_verified() {
             return Err(DomainError::precondition(
@@ -617,7 +745,11 @@ impl User {
 
     /// Removes an email address, promoting the oldest remaining verified
     /// one when it was primary.
-    pub fn remove_email(&mut self, id: &IdentificationId, now: Timestamp) -> Result<(), DomainError> {
+    pub fn remove_email(
+        &mut self,
+        id: &IdentificationId,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         self.email_mut(id)?;
         self.ensure_identifier_left()?;
         self.email_addresses.retain(|e| &e.id != id);
@@ -631,7 +763,11 @@ impl User {
 
     /// Removes a phone number, promoting the oldest remaining verified one
     /// when it was primary and passing on the default second factor.
-    pub fn remove_phone(&mut self, id: &IdentificationId, now: Timestamp) -> Result<(), DomainError> {
+    pub fn remove_phone(
+        &mut self,
+        id: &IdentificationId,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         self.phone_mut(id)?;
         self.ensure_identifier_left()?;
         self.phone_numbers.retain(|p| &p.id != id);
@@ -644,7 +780,12 @@ impl User {
     }
 
     /// Replaces one metadata object whole.
-    pub fn replace_metadata(&mut self, kind: MetadataKind, value: Metadata, now: Timestamp) -> Result<(), DomainError> {
+    pub fn replace_metadata(
+        &mut self,
+        kind: MetadataKind,
+        value: Metadata,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let value = value.without_nulls();
         let mut next = self.clone();
         *next.metadata_mut(kind) = value;
@@ -655,7 +796,11 @@ impl User {
     }
 
     /// Deep-merges patches into the metadata objects given.
-    pub fn merge_metadata(&mut self, patches: Vec<(MetadataKind, Metadata)>, now: Timestamp) -> Result<(), DomainError> {
+    pub fn merge_metadata(
+        &mut self,
+        patches: Vec<(MetadataKind, Metadata)>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let mut next = self.clone();
         for (kind, patch) in patches {
             next.metadata_mut(kind).merge(patch);
@@ -675,8 +820,12 @@ impl User {
     }
 
     fn check_metadata_size(&self) -> Result<(), DomainError> {
-        metadata::check_total_size([&self.public_metadata, &self.private_metadata, &self.unsafe_metadata])
-            .map_err(|v| DomainError::from(v.nested("metadata")))
+        metadata::check_total_size([
+            &self.public_metadata,
+            &self.private_metadata,
+            &self.unsafe_metadata,
+        ])
+        .map_err(|v| DomainError::from(v.nested("metadata")))
     }
 
     pub fn set_banned(&mut self, banned: bool, now: Timestamp) {
@@ -747,7 +896,10 @@ impl UserRecord {
     /// true to the hash.
     pub fn new(mut user: User, password_hash: Option<PasswordHash>) -> Self {
         user.password_enabled = password_hash.is_some();
-        Self { user, password_hash }
+        Self {
+            user,
+            password_hash,
+        }
     }
 
     pub fn password_hash(&self) -> Option<&PasswordHash> {
@@ -802,8 +954,14 @@ mod tests {
     #[test]
     fn first_identifiers_become_primary_when_verified() {
         let u = user(&["a@example.com", "b@example.com"], &["+14155550101"], true);
-        assert_eq!(u.primary_email_address_id.as_ref(), Some(&u.email_addresses[0].id));
-        assert_eq!(u.primary_phone_number_id.as_ref(), Some(&u.phone_numbers[0].id));
+        assert_eq!(
+            u.primary_email_address_id.as_ref(),
+            Some(&u.email_addresses[0].id)
+        );
+        assert_eq!(
+            u.primary_phone_number_id.as_ref(),
+            Some(&u.phone_numbers[0].id)
+        );
         let u = user(&["a@example.com"], &[], false);
         assert_eq!(u.primary_email_address_id, None);
     }
@@ -823,7 +981,9 @@ mod tests {
             T0,
         )
         .unwrap_err();
-        let DomainError::Invalid(v) = err else { panic!() };
+        let DomainError::Invalid(v) = err else {
+            panic!()
+        };
         assert_eq!(v.as_slice()[0].field, "email_addresses[1]");
     }
 
@@ -840,22 +1000,48 @@ mod tests {
     #[test]
     fn primary_must_be_verified_and_own() {
         let mut u = user(&["a@example.com"], &[], true);
-        let unverified = u.add_email(email("b@example.com"), false, false, T0).unwrap();
-        assert_eq!(reason_of(u.set_primary_email(Some(&unverified), T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
+        let unverified = u
+            .add_email(email("b@example.com"), false, false, T0)
+            .unwrap();
+        assert_eq!(
+            reason_of(u.set_primary_email(Some(&unverified), T0).unwrap_err()),
+            reason::PRIMARY_NOT_VERIFIED
+        );
         let other = IdentificationId::generate(T0);
-        assert_eq!(reason_of(u.set_primary_email(Some(&other), T0).unwrap_err()), reason::FORM_IDENTIFIER_NOT_FOUND);
-        assert_eq!(reason_of(u.add_email(email("c@example.com"), false, true, T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
+        assert_eq!(
+            reason_of(u.set_primary_email(Some(&other), T0).unwrap_err()),
+            reason::FORM_IDENTIFIER_NOT_FOUND
+        );
+        assert_eq!(
+            reason_of(
+                u.add_email(email("c@example.com"), false, true, T0)
+                    .unwrap_err()
+            ),
+            reason::PRIMARY_NOT_VERIFIED
+        );
         let primary = u.primary_email_address_id.clone().unwrap();
-        assert_eq!(reason_of(u.set_email_verified(&primary, false, T0).unwrap_err()), reason::PRIMARY_NOT_VERIFIED);
-        assert_eq!(reason_of(u.set_primary_email(None, T0).unwrap_err()), reason::PRIMARY_REQUIRED);
+        assert_eq!(
+            reason_of(u.set_email_verified(&primary, false, T0).unwrap_err()),
+            reason::PRIMARY_NOT_VERIFIED
+        );
+        assert_eq!(
+            reason_of(u.set_primary_email(None, T0).unwrap_err()),
+            reason::PRIMARY_REQUIRED
+        );
     }
 
     #[test]
     fn deleting_primary_promotes_oldest_verified() {
         let mut u = user(&["a@example.com"], &[], true);
-        let _unverified = u.add_email(email("b@example.com"), false, false, T0.plus_millis(1)).unwrap();
-        let second_verified = u.add_email(email("c@example.com"), true, false, T0.plus_millis(2)).unwrap();
-        let third_verified = u.add_email(email("d@example.com"), true, false, T0.plus_millis(3)).unwrap();
+        let _unverified = u
+            .add_email(email("b@example.com"), false, false, T0.plus_millis(1))
+            .unwrap();
+        let second_verified = u
+            .add_email(email("c@example.com"), true, false, T0.plus_millis(2))
+            .unwrap();
+        let third_verified = u
+            .add_email(email("d@example.com"), true, false, T0.plus_millis(3))
+            .unwrap();
         let primary = u.primary_email_address_id.clone().unwrap();
         u.remove_email(&primary, T0.plus_millis(4)).unwrap();
         assert_eq!(u.primary_email_address_id, Some(second_verified.clone()));
@@ -867,17 +1053,26 @@ mod tests {
     fn last_identifier_cannot_go() {
         let mut u = user(&["a@example.com"], &[], true);
         let id = u.email_addresses[0].id.clone();
-        assert_eq!(reason_of(u.remove_email(&id, T0).unwrap_err()), reason::LAST_IDENTIFIER);
-        u.set_username(Some(Username::parse("ada_l").unwrap()), T0).unwrap();
+        assert_eq!(
+            reason_of(u.remove_email(&id, T0).unwrap_err()),
+            reason::LAST_IDENTIFIER
+        );
+        u.set_username(Some(Username::parse("ada_l").unwrap()), T0)
+            .unwrap();
         u.remove_email(&id, T0).unwrap();
         assert_eq!(u.primary_email_address_id, None);
-        assert_eq!(reason_of(u.set_username(None, T0).unwrap_err()), reason::LAST_IDENTIFIER);
+        assert_eq!(
+            reason_of(u.set_username(None, T0).unwrap_err()),
+            reason::LAST_IDENTIFIER
+        );
     }
 
     #[test]
     fn second_factor_rules() {
         let mut u = user(&[], &["+14155550101", "+14155550102"], true);
-        let unverified = u.add_phone(phone("+14155550103"), false, false, false, T0).unwrap();
+        let unverified = u
+            .add_phone(phone("+14155550103"), false, false, false, T0)
+            .unwrap();
         assert_eq!(
             reason_of(u.set_phone_reserved(&unverified, true, T0).unwrap_err()),
             reason::SECOND_FACTOR_NOT_VERIFIED
@@ -903,9 +1098,12 @@ mod tests {
     fn metadata_limits_are_all_or_nothing() {
         let mut u = user(&["a@example.com"], &[], true);
         let big = Metadata::parse(serde_json::json!({"k": "x".repeat(5000)})).unwrap();
-        u.merge_metadata(vec![(MetadataKind::Public, big.clone())], T0).unwrap();
+        u.merge_metadata(vec![(MetadataKind::Public, big.clone())], T0)
+            .unwrap();
         let before = u.clone();
-        let err = u.merge_metadata(vec![(MetadataKind::Private, big)], T0).unwrap_err();
+        let err = u
+            .merge_metadata(vec![(MetadataKind::Private, big)], T0)
+            .unwrap_err();
         assert_eq!(reason_of(err), reason::METADATA_TOO_LARGE);
         assert_eq!(u, before);
     }

@@ -14,14 +14,20 @@ fn violation(reason: &'static str, description: impl Into<String>) -> FieldViola
 
 fn check_length(text: &str, max: usize, what: &str) -> Result<(), FieldViolation> {
     if text.chars().count() > max {
-        return Err(violation(reason::FORM_PARAM_MAX_LENGTH_EXCEEDED, format!("{what} is longer than {max} characters")));
+        return Err(violation(
+            reason::FORM_PARAM_MAX_LENGTH_EXCEEDED,
+            format!("{what} is longer than {max} characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_no_control(text: &str, what: &str) -> Result<(), FieldViolation> {
     if text.chars().any(char::is_control) {
-        return Err(violation(reason::FORM_PARAM_FORMAT_INVALID, format!("{what} contains control characters")));
+        return Err(violation(
+            reason::FORM_PARAM_FORMAT_INVALID,
+            format!("{what} contains control characters"),
+        ));
     }
     Ok(())
 }
@@ -54,20 +60,36 @@ impl Email {
 
     pub fn parse(text: &str) -> Result<Self, FieldViolation> {
         let text = text.trim();
-        let invalid = |why: &str| violation(reason::FORM_PARAM_FORMAT_INVALID, format!("not a valid email address: {why}"));
+        let invalid = |why: &str| {
+            violation(
+                reason::FORM_PARAM_FORMAT_INVALID,
+                format!("not a valid email address: {why}"),
+            )
+        };
         if text.is_empty() {
-            return Err(violation(reason::FORM_PARAM_MISSING, "email address is required"));
+            return Err(violation(
+                reason::FORM_PARAM_MISSING,
+                "email address is required",
+            ));
         }
         if text.len() > Self::MAX_LEN {
-            return Err(violation(reason::FORM_PARAM_MAX_LENGTH_EXCEEDED, "email address is longer than 254 characters"));
+            return Err(violation(
+                reason::FORM_PARAM_MAX_LENGTH_EXCEEDED,
+                "email address is longer than 254 characters",
+            ));
         }
         let (local, domain) = text.rsplit_once('@').ok_or_else(|| invalid("no @"))?;
         if local.is_empty() || local.len() > 64 {
             return Err(invalid("the part before @ must be 1-64 characters"));
         }
         let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
-        if !local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext)) {
-            return Err(invalid("the part before @ has a character or dot that is not allowed"));
+        if !local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+        {
+            return Err(invalid(
+                "the part before @ has a character or dot that is not allowed",
+            ));
         }
         let domain = domain.to_ascii_lowercase();
         let labels: Vec<&str> = domain.split('.').collect();
@@ -81,7 +103,10 @@ impl Email {
         if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) {
             return Err(invalid("the domain is not a valid host name"));
         }
-        if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        if labels
+            .last()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+        {
             return Err(invalid("the domain is not a valid host name"));
         }
         Ok(Self(format!("{local}@{domain}")))
@@ -102,10 +127,16 @@ impl Phone {
     pub fn parse(text: &str) -> Result<Self, FieldViolation> {
         let text = text.trim();
         if text.is_empty() {
-            return Err(violation(reason::FORM_PARAM_MISSING, "phone number is required"));
+            return Err(violation(
+                reason::FORM_PARAM_MISSING,
+                "phone number is required",
+            ));
         }
         if text.len() > 64 {
-            return Err(violation(reason::FORM_PARAM_MAX_LENGTH_EXCEEDED, "phone number is longer than 64 characters"));
+            return Err(violation(
+                reason::FORM_PARAM_MAX_LENGTH_EXCEEDED,
+                "phone number is longer than 64 characters",
+            ));
         }
         let invalid = || {
             violation(
@@ -120,7 +151,9 @@ impl Phone {
         if !phonenumber::is_valid(&number) {
             return Err(invalid());
         }
-        Ok(Self(number.format().mode(phonenumber::Mode::E164).to_string()))
+        Ok(Self(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
     }
 }
 
@@ -136,14 +169,20 @@ impl Username {
 
     pub fn parse(text: &str) -> Result<Self, FieldViolation> {
         let text = text.trim();
-        if !text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        if !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
             return Err(violation(
                 reason::FORM_USERNAME_INVALID_CHARACTER,
                 "username may contain only letters, digits, '_', '-' and '.'",
             ));
         }
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&text.len()) {
-            return Err(violation(reason::FORM_USERNAME_INVALID_LENGTH, "username must be 4-64 characters"));
+            return Err(violation(
+                reason::FORM_USERNAME_INVALID_LENGTH,
+                "username must be 4-64 characters",
+            ));
         }
         Ok(Self(text.to_owned()))
     }
@@ -191,7 +230,10 @@ impl ExternalId {
         }
         check_length(text, Self::MAX_LEN, "external id")?;
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(violation(reason::FORM_PARAM_FORMAT_INVALID, "external id may not contain white space"));
+            return Err(violation(
+                reason::FORM_PARAM_FORMAT_INVALID,
+                "external id may not contain white space",
+            ));
         }
         Ok(Some(Self(text.to_owned())))
     }
@@ -210,12 +252,16 @@ impl Locale {
             return Ok(None);
         }
         let mut parts = text.split(['-', '_']);
-        let language_ok = parts
-            .next()
-            .is_some_and(|l| (2..=3).contains(&l.len()) && l.chars().all(|c| c.is_ascii_alphabetic()));
-        let subtags_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+        let language_ok = parts.next().is_some_and(|l| {
+            (2..=3).contains(&l.len()) && l.chars().all(|c| c.is_ascii_alphabetic())
+        });
+        let subtags_ok = parts
+            .all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
         if text.len() > 35 || !language_ok || !subtags_ok {
-            return Err(violation(reason::FORM_PARAM_FORMAT_INVALID, "not a BCP 47 language tag such as en-US"));
+            return Err(violation(
+                reason::FORM_PARAM_FORMAT_INVALID,
+                "not a BCP 47 language tag such as en-US",
+            ));
         }
         Ok(Some(Self(text.replace('_', "-"))))
     }
@@ -235,8 +281,19 @@ mod tests {
     #[test]
     fn email_rejects_malformed() {
         for bad in [
-            "", "plain", "@example.com", "a@", "a@b", "a..b@example.com", ".a@example.com", "a@-x.com",
-            "a@x-.com", "a b@example.com", "a@exa mple.com", "a@example.123", "a@@example.com",
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a..b@example.com",
+            ".a@example.com",
+            "a@-x.com",
+            "a@x-.com",
+            "a b@example.com",
+            "a@exa mple.com",
+            "a@example.123",
+            "a@@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad} should be rejected");
         }
@@ -246,8 +303,14 @@ mod tests {
 
     #[test]
     fn phone_is_stored_as_e164() {
-        assert_eq!(Phone::parse("+1 (415) 555-0101").unwrap().as_str(), "+14155550101");
-        assert_eq!(Phone::parse("+44 20 7946 0958").unwrap().as_str(), "+442079460958");
+        assert_eq!(
+            Phone::parse("+1 (415) 555-0101").unwrap().as_str(),
+            "+14155550101"
+        );
+        assert_eq!(
+            Phone::parse("+44 20 7946 0958").unwrap().as_str(),
+            "+442079460958"
+        );
         assert!(Phone::parse("4155550101").is_err());
         assert!(Phone::parse("+1 123").is_err());
         assert!(Phone::parse("+999 1234567").is_err());
@@ -256,9 +319,18 @@ mod tests {
     #[test]
     fn username_rules() {
         assert!(Username::parse("ada_l.love-lace").is_ok());
-        assert_eq!(Username::parse("abc").unwrap_err().reason, reason::FORM_USERNAME_INVALID_LENGTH);
-        assert_eq!(Username::parse(&"a".repeat(65)).unwrap_err().reason, reason::FORM_USERNAME_INVALID_LENGTH);
-        assert_eq!(Username::parse("ada@home").unwrap_err().reason, reason::FORM_USERNAME_INVALID_CHARACTER);
+        assert_eq!(
+            Username::parse("abc").unwrap_err().reason,
+            reason::FORM_USERNAME_INVALID_LENGTH
+        );
+        assert_eq!(
+            Username::parse(&"a".repeat(65)).unwrap_err().reason,
+            reason::FORM_USERNAME_INVALID_LENGTH
+        );
+        assert_eq!(
+            Username::parse("ada@home").unwrap_err().reason,
+            reason::FORM_USERNAME_INVALID_CHARACTER
+        );
         assert_eq!(Username::parse("AdaL").unwrap().normalized(), "adal");
     }
 

@@ -8,9 +8,10 @@ use prost_types::value::Kind;
 use prost_types::{FieldMask, ListValue, Struct, Value};
 use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilter};
 use roster_domain::{
-    DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale, Metadata, MetadataKind,
-    Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber, ProfileChange, Timestamp, User, UserId, UserUpdate,
-    Username, Verification, VerificationStatus, VerificationStrategy, Violations, reason,
+    DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale,
+    Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
+    ProfileChange, Timestamp, User, UserId, UserUpdate, Username, Verification, VerificationStatus,
+    VerificationStrategy, Violations, reason,
 };
 use serde_json::Value as Json;
 
@@ -34,7 +35,11 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
 
 /// A protobuf timestamp as milliseconds (sub-millisecond parts dropped).
 pub fn from_timestamp(t: &prost_types::Timestamp) -> Timestamp {
-    Timestamp::from_millis(t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000))
+    Timestamp::from_millis(
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000),
+    )
 }
 
 fn json_to_value(json: &Json) -> Value {
@@ -43,9 +48,14 @@ fn json_to_value(json: &Json) -> Value {
         Json::Bool(b) => Kind::BoolValue(*b),
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() }),
+        Json::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
         Json::Object(map) => Kind::StructValue(Struct {
-            fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
         }),
     };
     Value { kind: Some(kind) }
@@ -61,24 +71,46 @@ fn value_to_json(value: Value) -> Result<Json, FieldViolation> {
             if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
                 Json::from(n as i64)
             } else {
-                serde_json::Number::from_f64(n).map(Json::Number).ok_or_else(|| {
-                    FieldViolation::new("", reason::METADATA_INVALID, "metadata numbers must be finite")
-                })?
+                serde_json::Number::from_f64(n)
+                    .map(Json::Number)
+                    .ok_or_else(|| {
+                        FieldViolation::new(
+                            "",
+                            reason::METADATA_INVALID,
+                            "metadata numbers must be finite",
+                        )
+                    })?
             }
         }
         Some(Kind::StringValue(s)) => Json::String(s),
-        Some(Kind::ListValue(list)) => Json::Array(list.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?),
+        Some(Kind::ListValue(list)) => Json::Array(
+            list.values
+                .into_iter()
+                .map(value_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
         Some(Kind::StructValue(s)) => struct_to_json(s)?,
     })
 }
 
 fn struct_to_json(s: Struct) -> Result<Json, FieldViolation> {
-    Ok(Json::Object(s.fields.into_iter().map(|(k, v)| Ok((k, value_to_json(v)?))).collect::<Result<_, FieldViolation>>()?))
+    Ok(Json::Object(
+        s.fields
+            .into_iter()
+            .map(|(k, v)| Ok((k, value_to_json(v)?)))
+            .collect::<Result<_, FieldViolation>>()?,
+    ))
 }
 
 /// Metadata as a protobuf `Struct`.
 pub fn metadata_to_struct(metadata: &Metadata) -> Struct {
-    Struct { fields: metadata.as_map().iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect() }
+    Struct {
+        fields: metadata
+            .as_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
 }
 
 /// A protobuf `Struct` as metadata.
@@ -156,7 +188,11 @@ pub fn user(u: &User) -> v1::User {
         has_image: u.has_image,
         primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
         primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
-        email_addresses: u.email_addresses.iter().map(|e| email_address(u, e)).collect(),
+        email_addresses: u
+            .email_addresses
+            .iter()
+            .map(|e| email_address(u, e))
+            .collect(),
         phone_numbers: u.phone_numbers.iter().map(|p| phone_number(u, p)).collect(),
         external_accounts: Vec::new(),
         password_enabled: u.password_enabled,
@@ -195,19 +231,40 @@ fn check_count(violations: &mut Violations, field: &str, len: usize, max: usize)
     }
 }
 
-fn non_empty<T>(text: &str, parse: impl Fn(&str) -> Result<T, FieldViolation>) -> Result<Option<T>, FieldViolation> {
-    if text.is_empty() { Ok(None) } else { parse(text).map(Some) }
+fn non_empty<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, FieldViolation>,
+) -> Result<Option<T>, FieldViolation> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse(text).map(Some)
+    }
 }
 
-fn metadata_field(violations: &mut Violations, field: &str, value: Option<Struct>) -> Option<Metadata> {
+fn metadata_field(
+    violations: &mut Violations,
+    field: &str,
+    value: Option<Struct>,
+) -> Option<Metadata> {
     value.and_then(|s| violations.check(field, metadata_from_struct(s)))
 }
 
 /// Parses CreateUser into a new user and its password (if any).
 pub fn create_user(req: v1::CreateUserRequest) -> Result<(NewUser, Option<Password>), DomainError> {
     let mut v = Violations::new();
-    check_count(&mut v, "email_addresses", req.email_addresses.len(), MAX_IDENTIFIERS);
-    check_count(&mut v, "phone_numbers", req.phone_numbers.len(), MAX_IDENTIFIERS);
+    check_count(
+        &mut v,
+        "email_addresses",
+        req.email_addresses.len(),
+        MAX_IDENTIFIERS,
+    );
+    check_count(
+        &mut v,
+        "phone_numbers",
+        req.phone_numbers.len(),
+        MAX_IDENTIFIERS,
+    );
     let emails: Vec<Email> = req
         .email_addresses
         .iter()
@@ -220,18 +277,33 @@ pub fn create_user(req: v1::CreateUserRequest) -> Result<(NewUser, Option<Passwo
         .enumerate()
         .filter_map(|(i, p)| v.check(&format!("phone_numbers[{i}]"), Phone::parse(p)))
         .collect();
-    let username = v.check("username", non_empty(&req.username, Username::parse)).flatten();
-    let external_id = v.check("external_id", ExternalId::parse(&req.external_id)).flatten();
-    let first_name = v.check("first_name", Name::parse(&req.first_name)).flatten();
+    let username = v
+        .check("username", non_empty(&req.username, Username::parse))
+        .flatten();
+    let external_id = v
+        .check("external_id", ExternalId::parse(&req.external_id))
+        .flatten();
+    let first_name = v
+        .check("first_name", Name::parse(&req.first_name))
+        .flatten();
     let last_name = v.check("last_name", Name::parse(&req.last_name)).flatten();
     let locale = v.check("locale", Locale::parse(&req.locale)).flatten();
-    let password = v.check("password", non_empty(&req.password, Password::parse)).flatten();
-    let public_metadata = metadata_field(&mut v, "public_metadata", req.public_metadata).unwrap_or_default();
-    let private_metadata = metadata_field(&mut v, "private_metadata", req.private_metadata).unwrap_or_default();
-    let unsafe_metadata = metadata_field(&mut v, "unsafe_metadata", req.unsafe_metadata).unwrap_or_default();
+    let password = v
+        .check("password", non_empty(&req.password, Password::parse))
+        .flatten();
+    let public_metadata =
+        metadata_field(&mut v, "public_metadata", req.public_metadata).unwrap_or_default();
+    let private_metadata =
+        metadata_field(&mut v, "private_metadata", req.private_metadata).unwrap_or_default();
+    let unsafe_metadata =
+        metadata_field(&mut v, "unsafe_metadata", req.unsafe_metadata).unwrap_or_default();
     v.into_result()?;
     let new = NewUser {
-        identifiers: NewIdentifiers { emails, phones, verified: !req.unverified_identifiers },
+        identifiers: NewIdentifiers {
+            emails,
+            phones,
+            verified: !req.unverified_identifiers,
+        },
         username,
         external_id,
         first_name,
@@ -246,7 +318,10 @@ pub fn create_user(req: v1::CreateUserRequest) -> Result<(NewUser, Option<Passwo
 
 fn lowercase_list(v: &mut Violations, field: &str, values: Vec<String>) -> Vec<String> {
     check_count(v, field, values.len(), MAX_FILTER_VALUES);
-    values.into_iter().map(|s| s.trim().to_lowercase()).collect()
+    values
+        .into_iter()
+        .map(|s| s.trim().to_lowercase())
+        .collect()
 }
 
 /// Parses a ListUsers/CountUsers filter (absent: all users).
@@ -255,14 +330,24 @@ pub fn user_filter(filter: Option<v1::UserFilter>) -> Result<UserFilter, DomainE
         return Ok(UserFilter::default());
     };
     let mut v = Violations::new();
-    check_count(&mut v, "filter.user_ids", f.user_ids.len(), MAX_FILTER_VALUES);
+    check_count(
+        &mut v,
+        "filter.user_ids",
+        f.user_ids.len(),
+        MAX_FILTER_VALUES,
+    );
     let user_ids = f
         .user_ids
         .iter()
         .enumerate()
         .filter_map(|(i, id)| v.check(&format!("filter.user_ids[{i}]"), UserId::parse(id)))
         .collect();
-    check_count(&mut v, "filter.phone_numbers", f.phone_numbers.len(), MAX_FILTER_VALUES);
+    check_count(
+        &mut v,
+        "filter.phone_numbers",
+        f.phone_numbers.len(),
+        MAX_FILTER_VALUES,
+    );
     let phone_numbers = f
         .phone_numbers
         .iter()
@@ -271,7 +356,12 @@ pub fn user_filter(filter: Option<v1::UserFilter>) -> Result<UserFilter, DomainE
         .collect();
     let email_addresses = lowercase_list(&mut v, "filter.email_addresses", f.email_addresses);
     let usernames = lowercase_list(&mut v, "filter.usernames", f.usernames);
-    check_count(&mut v, "filter.external_ids", f.external_ids.len(), MAX_FILTER_VALUES);
+    check_count(
+        &mut v,
+        "filter.external_ids",
+        f.external_ids.len(),
+        MAX_FILTER_VALUES,
+    );
     let query = f.query.trim().to_lowercase();
     if query.chars().count() > MAX_QUERY_CHARS {
         v.push(FieldViolation::new(
@@ -315,14 +405,21 @@ const UPDATE_USER_PATHS: [&str; 11] = [
 
 /// Checks a mask against the paths a method accepts; an absent or empty
 /// mask is `None`.
-fn mask_paths(mask: Option<&FieldMask>, allowed: &[&str], v: &mut Violations) -> Option<Vec<String>> {
+fn mask_paths(
+    mask: Option<&FieldMask>,
+    allowed: &[&str],
+    v: &mut Violations,
+) -> Option<Vec<String>> {
     let paths = mask.map(|m| m.paths.clone()).filter(|p| !p.is_empty())?;
     for path in &paths {
         if !allowed.contains(&path.as_str()) {
             v.push(FieldViolation::new(
                 "update_mask",
                 reason::FORM_PARAM_VALUE_INVALID,
-                format!("cannot update {path:?}; updatable fields are {}", allowed.join(", ")),
+                format!(
+                    "cannot update {path:?}; updatable fields are {}",
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -338,25 +435,40 @@ pub type UpdateUserParts = (UserId, UserUpdate, Option<Option<Password>>);
 pub fn update_user(req: v1::UpdateUserRequest) -> Result<UpdateUserParts, DomainError> {
     let mut v = Violations::new();
     let Some(u) = req.user else {
-        return Err(DomainError::invalid("user", reason::FORM_PARAM_MISSING, "user is required"));
+        return Err(DomainError::invalid(
+            "user",
+            reason::FORM_PARAM_MISSING,
+            "user is required",
+        ));
     };
     let id = v.check("user.id", UserId::parse(&u.id));
-    let paths = mask_paths(req.update_mask.as_ref(), &UPDATE_USER_PATHS, &mut v).unwrap_or_else(|| {
-        let present = [
-            ("first_name", !u.first_name.is_empty()),
-            ("last_name", !u.last_name.is_empty()),
-            ("username", !u.username.is_empty()),
-            ("external_id", !u.external_id.is_empty()),
-            ("locale", !u.locale.is_empty()),
-            ("primary_email_address_id", !u.primary_email_address_id.is_empty()),
-            ("primary_phone_number_id", !u.primary_phone_number_id.is_empty()),
-            ("public_metadata", u.public_metadata.is_some()),
-            ("private_metadata", u.private_metadata.is_some()),
-            ("unsafe_metadata", u.unsafe_metadata.is_some()),
-            ("password", !req.password.is_empty()),
-        ];
-        present.iter().filter(|(_, set)| *set).map(|(p, _)| (*p).to_owned()).collect()
-    });
+    let paths =
+        mask_paths(req.update_mask.as_ref(), &UPDATE_USER_PATHS, &mut v).unwrap_or_else(|| {
+            let present = [
+                ("first_name", !u.first_name.is_empty()),
+                ("last_name", !u.last_name.is_empty()),
+                ("username", !u.username.is_empty()),
+                ("external_id", !u.external_id.is_empty()),
+                ("locale", !u.locale.is_empty()),
+                (
+                    "primary_email_address_id",
+                    !u.primary_email_address_id.is_empty(),
+                ),
+                (
+                    "primary_phone_number_id",
+                    !u.primary_phone_number_id.is_empty(),
+                ),
+                ("public_metadata", u.public_metadata.is_some()),
+                ("private_metadata", u.private_metadata.is_some()),
+                ("unsafe_metadata", u.unsafe_metadata.is_some()),
+                ("password", !req.password.is_empty()),
+            ];
+            present
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(p, _)| (*p).to_owned())
+                .collect()
+        });
     let has = |p: &str| paths.iter().any(|x| x == p);
     let mut update = UserUpdate::default();
     let mut profile = ProfileChange::default();
@@ -377,12 +489,16 @@ pub fn update_user(req: v1::UpdateUserRequest) -> Result<UpdateUserParts, Domain
         update.username = v.check("user.username", non_empty(&u.username, Username::parse));
     }
     if has("primary_email_address_id") {
-        update.primary_email_address_id =
-            v.check("user.primary_email_address_id", non_empty(&u.primary_email_address_id, IdentificationId::parse));
+        update.primary_email_address_id = v.check(
+            "user.primary_email_address_id",
+            non_empty(&u.primary_email_address_id, IdentificationId::parse),
+        );
     }
     if has("primary_phone_number_id") {
-        update.primary_phone_number_id =
-            v.check("user.primary_phone_number_id", non_empty(&u.primary_phone_number_id, IdentificationId::parse));
+        update.primary_phone_number_id = v.check(
+            "user.primary_phone_number_id",
+            non_empty(&u.primary_phone_number_id, IdentificationId::parse),
+        );
     }
     for (kind, value) in [
         (MetadataKind::Public, u.public_metadata),
@@ -394,17 +510,29 @@ pub fn update_user(req: v1::UpdateUserRequest) -> Result<UpdateUserParts, Domain
             update.metadata.push((kind, parsed.unwrap_or_default()));
         }
     }
-    let password = if has("password") { v.check("password", non_empty(&req.password, Password::parse)) } else { None };
+    let password = if has("password") {
+        v.check("password", non_empty(&req.password, Password::parse))
+    } else {
+        None
+    };
     if paths.is_empty() {
-        v.push(FieldViolation::new("update_mask", reason::FORM_PARAM_MISSING, "nothing to update"));
+        v.push(FieldViolation::new(
+            "update_mask",
+            reason::FORM_PARAM_MISSING,
+            "nothing to update",
+        ));
     }
     v.into_result()?;
-    let id = id.ok_or_else(|| DomainError::invalid("user.id", reason::FORM_PARAM_MISSING, "user id is required"))?;
+    let id = id.ok_or_else(|| {
+        DomainError::invalid("user.id", reason::FORM_PARAM_MISSING, "user id is required")
+    })?;
     Ok((id, update, password))
 }
 
 /// Parses UpdateUserMetadata into the patches to merge.
-pub fn update_user_metadata(req: v1::UpdateUserMetadataRequest) -> Result<(UserId, Vec<(MetadataKind, Metadata)>), DomainError> {
+pub fn update_user_metadata(
+    req: v1::UpdateUserMetadataRequest,
+) -> Result<(UserId, Vec<(MetadataKind, Metadata)>), DomainError> {
     let mut v = Violations::new();
     let id = v.check("user_id", UserId::parse(&req.user_id));
     let mut patches = Vec::new();
@@ -418,37 +546,55 @@ pub fn update_user_metadata(req: v1::UpdateUserMetadataRequest) -> Result<(UserI
         }
     }
     v.into_result()?;
-    let id = id.ok_or_else(|| DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required"))?;
+    let id = id.ok_or_else(|| {
+        DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required")
+    })?;
     Ok((id, patches))
 }
 
 /// Parses CreateEmailAddress: owner, address, `verified`, `primary`.
-pub fn create_email_address(req: &v1::CreateEmailAddressRequest) -> Result<(UserId, Email), DomainError> {
+pub fn create_email_address(
+    req: &v1::CreateEmailAddressRequest,
+) -> Result<(UserId, Email), DomainError> {
     let mut v = Violations::new();
     let id = v.check("user_id", UserId::parse(&req.user_id));
     let email = v.check("email_address", Email::parse(&req.email_address));
     v.into_result()?;
     match (id, email) {
         (Some(id), Some(email)) => Ok((id, email)),
-        _ => Err(DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required")),
+        _ => Err(DomainError::invalid(
+            "user_id",
+            reason::FORM_PARAM_MISSING,
+            "user id is required",
+        )),
     }
 }
 
 /// Parses CreatePhoneNumber: owner and number.
-pub fn create_phone_number(req: &v1::CreatePhoneNumberRequest) -> Result<(UserId, Phone), DomainError> {
+pub fn create_phone_number(
+    req: &v1::CreatePhoneNumberRequest,
+) -> Result<(UserId, Phone), DomainError> {
     let mut v = Violations::new();
     let id = v.check("user_id", UserId::parse(&req.user_id));
     let phone = v.check("phone_number", Phone::parse(&req.phone_number));
     v.into_result()?;
     match (id, phone) {
         (Some(id), Some(phone)) => Ok((id, phone)),
-        _ => Err(DomainError::invalid("user_id", reason::FORM_PARAM_MISSING, "user id is required")),
+        _ => Err(DomainError::invalid(
+            "user_id",
+            reason::FORM_PARAM_MISSING,
+            "user id is required",
+        )),
     }
 }
 
 /// Parses the id and the required mask of an identifier update; returns the
 /// id and the mask's paths, each one of `allowed`.
-pub fn identifier_update(id: &str, mask: Option<&FieldMask>, allowed: &[&str]) -> Result<(IdentificationId, Vec<String>), DomainError> {
+pub fn identifier_update(
+    id: &str,
+    mask: Option<&FieldMask>,
+    allowed: &[&str],
+) -> Result<(IdentificationId, Vec<String>), DomainError> {
     let mut v = Violations::new();
     let id = v.check("id", IdentificationId::parse(id));
     let paths = mask_paths(mask, allowed, &mut v);
@@ -462,7 +608,11 @@ pub fn identifier_update(id: &str, mask: Option<&FieldMask>, allowed: &[&str]) -
     v.into_result()?;
     match (id, paths) {
         (Some(id), Some(paths)) => Ok((id, paths)),
-        _ => Err(DomainError::invalid("id", reason::FORM_PARAM_MISSING, "id is required")),
+        _ => Err(DomainError::invalid(
+            "id",
+            reason::FORM_PARAM_MISSING,
+            "id is required",
+        )),
     }
 }
 
@@ -478,7 +628,9 @@ fn parse_verification(v: Option<v1::Verification>) -> Verification {
             v1::VerificationStatus::Verified => VerificationStatus::Verified,
             v1::VerificationStatus::Failed => VerificationStatus::Failed,
             v1::VerificationStatus::Expired => VerificationStatus::Expired,
-            v1::VerificationStatus::Unverified | v1::VerificationStatus::Unspecified => VerificationStatus::Unverified,
+            v1::VerificationStatus::Unverified | v1::VerificationStatus::Unspecified => {
+                VerificationStatus::Unverified
+            }
         },
         strategy: match v.strategy() {
             v1::VerificationStrategy::Unspecified => None,
@@ -501,7 +653,7 @@ fn nested<T>(field: &str, result: Result<T, FieldViolation>) -> Result<T, FieldV
 }
 
 /// An email address received from Roster, as a domain value.
-pub fn email_from_proto(e: v1::EmailAddress) -> Result<EmailAddress, FieldViolation> {
+pub fn email_from_proto(e: &v1::EmailAddress) -> Result<EmailAddress, FieldViolation> {
     Ok(EmailAddress {
         id: nested("id", IdentificationId::parse(&e.id))?,
         email: nested("email_address", Email::parse(&e.email_address))?,
@@ -512,7 +664,7 @@ pub fn email_from_proto(e: v1::EmailAddress) -> Result<EmailAddress, FieldViolat
 }
 
 /// A phone number received from Roster, as a domain value.
-pub fn phone_from_proto(p: v1::PhoneNumber) -> Result<PhoneNumber, FieldViolation> {
+pub fn phone_from_proto(p: &v1::PhoneNumber) -> Result<PhoneNumber, FieldViolation> {
     Ok(PhoneNumber {
         id: nested("id", IdentificationId::parse(&p.id))?,
         phone: nested("phone_number", Phone::parse(&p.phone_number))?,
@@ -531,35 +683,48 @@ pub fn user_from_proto(u: v1::User) -> Result<User, DomainError> {
     let id = v.check("id", UserId::parse(&u.id));
     let email_addresses = u
         .email_addresses
-        .into_iter()
+        .iter()
         .enumerate()
         .filter_map(|(i, e)| v.check(&format!("email_addresses[{i}]"), email_from_proto(e)))
         .collect();
     let phone_numbers = u
         .phone_numbers
-        .into_iter()
+        .iter()
         .enumerate()
         .filter_map(|(i, p)| v.check(&format!("phone_numbers[{i}]"), phone_from_proto(p)))
         .collect();
     let user = User {
         id: id.unwrap_or_else(|| UserId::generate(Timestamp::from_millis(0))),
-        external_id: v.check("external_id", ExternalId::parse(&u.external_id)).flatten(),
+        external_id: v
+            .check("external_id", ExternalId::parse(&u.external_id))
+            .flatten(),
         first_name: v.check("first_name", Name::parse(&u.first_name)).flatten(),
         last_name: v.check("last_name", Name::parse(&u.last_name)).flatten(),
-        username: v.check("username", non_empty(&u.username, Username::parse)).flatten(),
+        username: v
+            .check("username", non_empty(&u.username, Username::parse))
+            .flatten(),
         locale: v.check("locale", Locale::parse(&u.locale)).flatten(),
         primary_email_address_id: v
-            .check("primary_email_address_id", non_empty(&u.primary_email_address_id, IdentificationId::parse))
+            .check(
+                "primary_email_address_id",
+                non_empty(&u.primary_email_address_id, IdentificationId::parse),
+            )
             .flatten(),
         primary_phone_number_id: v
-            .check("primary_phone_number_id", non_empty(&u.primary_phone_number_id, IdentificationId::parse))
+            .check(
+                "primary_phone_number_id",
+                non_empty(&u.primary_phone_number_id, IdentificationId::parse),
+            )
             .flatten(),
         email_addresses,
         phone_numbers,
         password_enabled: u.password_enabled,
-        public_metadata: metadata_field(&mut v, "public_metadata", u.public_metadata).unwrap_or_default(),
-        private_metadata: metadata_field(&mut v, "private_metadata", u.private_metadata).unwrap_or_default(),
-        unsafe_metadata: metadata_field(&mut v, "unsafe_metadata", u.unsafe_metadata).unwrap_or_default(),
+        public_metadata: metadata_field(&mut v, "public_metadata", u.public_metadata)
+            .unwrap_or_default(),
+        private_metadata: metadata_field(&mut v, "private_metadata", u.private_metadata)
+            .unwrap_or_default(),
+        unsafe_metadata: metadata_field(&mut v, "unsafe_metadata", u.unsafe_metadata)
+            .unwrap_or_default(),
         banned: u.banned,
         locked: u.locked,
         has_image: u.has_image,
@@ -578,7 +743,8 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_through_struct() {
-        let m = Metadata::parse(json!({"a": 1, "b": 1.5, "c": [true, null, "x"], "d": {"e": -3}})).unwrap();
+        let m = Metadata::parse(json!({"a": 1, "b": 1.5, "c": [true, null, "x"], "d": {"e": -3}}))
+            .unwrap();
         let back = metadata_from_struct(metadata_to_struct(&m)).unwrap();
         assert_eq!(back, m);
     }
@@ -586,7 +752,10 @@ mod tests {
     #[test]
     fn timestamps_keep_milliseconds() {
         for ms in [0, 1, 999, 1_700_000_000_123, -1] {
-            assert_eq!(from_timestamp(&timestamp(Timestamp::from_millis(ms))).as_millis(), ms);
+            assert_eq!(
+                from_timestamp(&timestamp(Timestamp::from_millis(ms))).as_millis(),
+                ms
+            );
         }
     }
 
@@ -601,9 +770,20 @@ mod tests {
             ..v1::CreateUserRequest::default()
         })
         .unwrap_err();
-        let DomainError::Invalid(v) = err else { panic!() };
+        let DomainError::Invalid(v) = err else {
+            panic!()
+        };
         let fields: Vec<&str> = v.as_slice().iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(fields, ["email_addresses[1]", "phone_numbers[0]", "username", "locale", "password"]);
+        assert_eq!(
+            fields,
+            [
+                "email_addresses[1]",
+                "phone_numbers[0]",
+                "username",
+                "locale",
+                "password"
+            ]
+        );
     }
 
     #[test]
@@ -611,16 +791,41 @@ mod tests {
         let id = UserId::generate(Timestamp::from_millis(1)).to_string();
         let req = |mask: Option<Vec<&str>>, user: v1::User| v1::UpdateUserRequest {
             user: Some(user),
-            update_mask: mask.map(|m| FieldMask { paths: m.into_iter().map(String::from).collect() }),
+            update_mask: mask.map(|m| FieldMask {
+                paths: m.into_iter().map(String::from).collect(),
+            }),
             password: String::new(),
         };
-        let err = update_user(req(Some(vec!["banned"]), v1::User { id: id.clone(), ..v1::User::default() })).unwrap_err();
+        let err = update_user(req(
+            Some(vec!["banned"]),
+            v1::User {
+                id: id.clone(),
+                ..v1::User::default()
+            },
+        ))
+        .unwrap_err();
         assert!(matches!(err, DomainError::Invalid(_)));
-        let (_, update, password) =
-            update_user(req(None, v1::User { id: id.clone(), first_name: "Ada".into(), ..v1::User::default() })).unwrap();
+        let (_, update, password) = update_user(req(
+            None,
+            v1::User {
+                id: id.clone(),
+                first_name: "Ada".into(),
+                ..v1::User::default()
+            },
+        ))
+        .unwrap();
         assert_eq!(update.profile.first_name, Some(Name::parse("Ada").unwrap()));
-        assert!(update.profile.last_name.is_none() && update.username.is_none() && password.is_none());
-        let (_, update, _) = update_user(req(Some(vec!["username"]), v1::User { id, ..v1::User::default() })).unwrap();
+        assert!(
+            update.profile.last_name.is_none() && update.username.is_none() && password.is_none()
+        );
+        let (_, update, _) = update_user(req(
+            Some(vec!["username"]),
+            v1::User {
+                id,
+                ..v1::User::default()
+            },
+        ))
+        .unwrap();
         assert_eq!(update.username, Some(None));
     }
 

@@ -32,7 +32,9 @@ impl SecretKeys {
     /// Accepts any of `keys`; with none, every call is let through (the
     /// server only allows that on loopback).
     pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
-        Self { digests: Arc::new(keys.iter().map(|k| digest(k.as_ref().as_bytes())).collect()) }
+        Self {
+            digests: Arc::new(keys.iter().map(|k| digest(k.as_ref().as_bytes())).collect()),
+        }
     }
 
     /// Whether the Backend API is open (no key configured).
@@ -44,22 +46,35 @@ impl SecretKeys {
         if self.is_open() {
             return Ok(());
         }
-        let header = request.metadata().get("authorization").ok_or(ApiError::Unauthenticated {
-            reason: "AUTHORIZATION_MISSING",
-            message: "missing authorization header: send 'authorization: Bearer <secret key>'".to_owned(),
-        })?;
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or(ApiError::Unauthenticated {
+                reason: "AUTHORIZATION_MISSING",
+                message: "missing authorization header: send 'authorization: Bearer <secret key>'"
+                    .to_owned(),
+            })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .unwrap_or_default();
         let presented = digest(token.as_bytes());
-        let matched = self.digests.iter().fold(0u8, |acc, d| acc | d.ct_eq(&presented).unwrap_u8());
+        let matched = self
+            .digests
+            .iter()
+            .fold(0u8, |acc, d| acc | d.ct_eq(&presented).unwrap_u8());
         if matched == 1 {
             Ok(())
         } else {
-            Err(ApiError::Unauthenticated { reason: "SECRET_KEY_INVALID", message: "the secret key is not valid".to_owned() })
+            Err(ApiError::Unauthenticated {
+                reason: "SECRET_KEY_INVALID",
+                message: "the secret key is not valid".to_owned(),
+            })
         }
     }
 }
@@ -91,7 +106,10 @@ mod tests {
         assert!(keys.call(request(Some("Bearer sk_new"))).is_ok());
         let err = keys.call(request(Some("Bearer sk_other"))).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        assert_eq!(keys.call(request(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            keys.call(request(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         assert!(keys.call(request(Some("sk_old"))).is_err());
     }
 

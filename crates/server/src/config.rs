@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Roster: user management over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "roster", version, about)]
+#[command(name = "roster", version, about = "Roster: user management over gRPC")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,7 +56,10 @@ impl DatabaseArgs {
             return Ok(url.clone());
         }
         std::fs::create_dir_all(&self.data_dir)?;
-        Ok(format!("sqlite://{}", self.data_dir.join("roster.db").display()))
+        Ok(format!(
+            "sqlite://{}",
+            self.data_dir.join("roster.db").display()
+        ))
     }
 }
 
@@ -72,7 +75,12 @@ pub struct ServeArgs {
     /// with commas in the variable). Several keys allow rotation. Without
     /// any, the Backend API is open and Roster refuses to listen beyond
     /// loopback.
-    #[arg(long = "secret-key", env = "ROSTER_SECRET_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "secret-key",
+        env = "ROSTER_SECRET_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub secret_keys: Vec<String>,
     /// File with one secret key per line (blank lines and `#` comments
     /// ignored), for keys mounted from a secret store.
@@ -86,11 +94,19 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Every configured secret key, from flags, variable and file.
     pub fn all_secret_keys(&self) -> std::io::Result<Vec<String>> {
-        let mut keys: Vec<String> = self.secret_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<String> = self
+            .secret_keys
+            .iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
         if let Some(path) = &self.secret_keys_file {
             let text = std::fs::read_to_string(path)?;
             keys.extend(
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned),
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
             );
         }
         Ok(keys)
@@ -100,8 +116,13 @@ impl ServeArgs {
 /// Parses `250ms`, `30s`, `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (use e.g. 30s or 500ms)"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (use e.g. 30s or 500ms)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -124,7 +145,7 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_mins(2));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -18,11 +18,15 @@ impl Database {
     /// `sqlite:…` with SQLite.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(PostgresStore::connect(url, PoolConfig::default()).await?))
+            Ok(Self::Postgres(
+                PostgresStore::connect(url, PoolConfig::default()).await?,
+            ))
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url).await?))
         } else {
-            Err(StorageError::internal("the database URL must start with postgres://, postgresql:// or sqlite:"))
+            Err(StorageError::internal(
+                "the database URL must start with postgres://, postgresql:// or sqlite:",
+            ))
         }
     }
 

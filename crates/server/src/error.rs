@@ -24,7 +24,10 @@ pub enum ApiError {
     Storage(StorageError),
     /// Credentials missing or wrong.
     #[error("{message}")]
-    Unauthenticated { reason: &'static str, message: String },
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
     /// A background task failed (panicked or was cancelled).
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -42,7 +45,12 @@ impl From<StorageError> for ApiError {
     }
 }
 
-fn status(code: Code, message: impl Into<String>, reason: &str, metadata: HashMap<String, String>) -> Status {
+fn status(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: HashMap<String, String>,
+) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message, details)
@@ -61,35 +69,61 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
             ApiError::Domain(DomainError::Invalid(violations)) => {
-                let first = violations.as_slice().first().map_or(reason::FORM_PARAM_VALUE_INVALID, |v| v.reason);
+                let first = violations
+                    .as_slice()
+                    .first()
+                    .map_or(reason::FORM_PARAM_VALUE_INVALID, |v| v.reason);
                 let mut details = ErrorDetails::new();
-                let metadata: HashMap<String, String> = violations.as_slice().iter().map(|v| (v.field.clone(), v.reason.to_owned())).collect();
+                let metadata: HashMap<String, String> = violations
+                    .as_slice()
+                    .iter()
+                    .map(|v| (v.field.clone(), v.reason.to_owned()))
+                    .collect();
                 details.set_error_info(first, ERROR_DOMAIN, metadata);
                 for v in violations.as_slice() {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
-                Status::with_error_details(Code::InvalidArgument, format!("invalid argument: {violations}"), details)
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid argument: {violations}"),
+                    details,
+                )
             }
             ApiError::Domain(DomainError::NotFound { resource, id }) => status(
                 Code::NotFound,
                 format!("{resource} not found"),
                 reason::RESOURCE_NOT_FOUND,
-                HashMap::from([("resource".to_owned(), resource.to_owned()), ("id".to_owned(), id)]),
+                HashMap::from([
+                    ("resource".to_owned(), resource.to_owned()),
+                    ("id".to_owned(), id),
+                ]),
             ),
-            ApiError::Domain(DomainError::AlreadyExists { field }) | ApiError::Storage(StorageError::Conflict { field }) => {
+            ApiError::Domain(DomainError::AlreadyExists { field })
+            | ApiError::Storage(StorageError::Conflict { field }) => {
                 let message = format!("that {} is taken", describe_field(&field));
                 let mut details = ErrorDetails::new();
-                details.set_error_info(reason::IDENTIFIER_EXISTS, ERROR_DOMAIN, HashMap::from([("field".to_owned(), field.clone())]));
+                details.set_error_info(
+                    reason::IDENTIFIER_EXISTS,
+                    ERROR_DOMAIN,
+                    HashMap::from([("field".to_owned(), field.clone())]),
+                );
                 details.add_bad_request_violation(field, message.clone());
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }
             ApiError::Domain(DomainError::FailedPrecondition { reason, message }) => {
                 status(Code::FailedPrecondition, message, reason, HashMap::new())
             }
-            ApiError::Unauthenticated { reason, message } => status(Code::Unauthenticated, message, reason, HashMap::new()),
+            ApiError::Unauthenticated { reason, message } => {
+                status(Code::Unauthenticated, message, reason, HashMap::new())
+            }
             ApiError::Storage(StorageError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                status(Code::Unavailable, "the database is unavailable; retry later", "STORAGE_UNAVAILABLE", HashMap::new())
+                status(
+                    Code::Unavailable,
+                    "the database is unavailable; retry later",
+                    "STORAGE_UNAVAILABLE",
+                    HashMap::new(),
+                )
             }
             ApiError::Storage(error @ (StorageError::Internal(_) | StorageError::Rejected(_))) => {
                 tracing::error!(error = ?error, "storage failure");
@@ -113,7 +147,8 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {
-        let status: Status = ApiError::Storage(StorageError::internal("relation \"users\" does not exist")).into();
+        let status: Status =
+            ApiError::Storage(StorageError::internal("relation \"users\" does not exist")).into();
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
         assert!(status.details().is_empty());
@@ -121,10 +156,16 @@ mod tests {
 
     #[test]
     fn conflicts_name_the_field() {
-        let status: Status = ApiError::from(StorageError::Conflict { field: "email_address".into() }).into();
+        let status: Status = ApiError::from(StorageError::Conflict {
+            field: "email_address".into(),
+        })
+        .into();
         assert_eq!(status.code(), Code::AlreadyExists);
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "IDENTIFIER_EXISTS");
-        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "email_address");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "email_address"
+        );
     }
 }

@@ -22,11 +22,20 @@ pub struct Hasher {
 impl Hasher {
     /// A pool running at most `parallelism` hashes at once.
     pub fn new(parallelism: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(parallelism.max(1))) }
+        Self {
+            permits: Arc::new(Semaphore::new(parallelism.max(1))),
+        }
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ApiError::Internal("hashing pool closed"))?;
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("hashing pool closed"))?;
         let span = tracing::debug_span!("password_hash");
         Ok(tokio::task::spawn_blocking(move || span.in_scope(work)).await?)
     }

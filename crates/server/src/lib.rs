@@ -102,7 +102,9 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -114,17 +116,24 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let keys = options.secret_keys.clone();
-    let users = UserServiceServer::new(Users::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let emails = EmailAddressServiceServer::new(EmailAddresses::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let phones = PhoneNumberServiceServer::new(PhoneNumbers::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let users = UserServiceServer::new(Users::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let emails = EmailAddressServiceServer::new(EmailAddresses::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let phones = PhoneNumberServiceServer::new(PhoneNumbers::new(state))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let drain = async move {
         shutdown.await;
         // Health flips first, so load balancers stop routing new calls here
         // while the calls in flight finish.
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in SERVICE_NAMES {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         tracing::info!("shutting down: draining in-flight calls");
     };

@@ -12,7 +12,9 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ROSTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -50,7 +52,9 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let keys = args.all_secret_keys().context("reading the secret keys file")?;
+    let keys = args
+        .all_secret_keys()
+        .context("reading the secret keys file")?;
     if keys.is_empty() {
         if !args.grpc_addr.ip().is_loopback() {
             bail!(
@@ -66,9 +70,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let db = open(&args.database).await?;
     let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let state = AppState { users: db.users(), clock: Arc::new(SystemClock), hasher: Hasher::new(parallelism) };
-    let listener = tokio::net::TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding {}", args.grpc_addr))?;
-    let options = ServeOptions { secret_keys: SecretKeys::new(&keys), request_timeout: args.request_timeout, ..ServeOptions::default() };
+    let state = AppState {
+        users: db.users(),
+        clock: Arc::new(SystemClock),
+        hasher: Hasher::new(parallelism),
+    };
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_addr))?;
+    let options = ServeOptions {
+        secret_keys: SecretKeys::new(&keys),
+        request_timeout: args.request_timeout,
+        ..ServeOptions::default()
+    };
     roster_server::run(listener, state, options, shutdown_signal()).await?;
     db.close().await;
     Ok(())

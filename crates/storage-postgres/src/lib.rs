@@ -44,7 +44,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -58,18 +61,23 @@ fn map_error(error: sqlx::Error) -> StorageError {
                 Some("users_external_id_unique") => "external_id",
                 _ => return StorageError::internal(error),
             };
-            StorageError::Conflict { field: field.to_owned() }
+            StorageError::Conflict {
+                field: field.to_owned(),
+            }
         }
         // Class 08 is "connection exception", 57P0x "operator intervention"
         // (shutdown), 53300 "too many connections": worth retrying.
         sqlx::Error::Database(db)
-            if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300") =>
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300") =>
         {
             StorageError::Unavailable(Box::new(error))
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            StorageError::Unavailable(Box::new(error))
-        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => StorageError::Unavailable(Box::new(error)),
         _ => StorageError::internal(error),
     }
 }
@@ -150,12 +158,19 @@ fn phone_row(row: &PgRow) -> Result<PhoneRow, sqlx::Error> {
 struct Conn<'c>(&'c mut PgConnection);
 
 impl Conn<'_> {
-    async fn fetch<T>(&mut self, statement: Statement, decode: fn(&PgRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, StorageError> {
+    async fn fetch<T>(
+        &mut self,
+        statement: Statement,
+        decode: fn(&PgRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, StorageError> {
         let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .fetch_all(&mut *self.0)
             .await
             .map_err(map_error)?;
-        rows.iter().map(decode).collect::<Result<_, _>>().map_err(StorageError::internal)
+        rows.iter()
+            .map(decode)
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::internal)
     }
 }
 
@@ -200,7 +215,10 @@ impl PostgresStore {
 
     /// Applies pending migrations under an advisory lock.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        MIGRATOR.run(&self.pool).await.map_err(StorageError::internal)
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(StorageError::internal)
     }
 
     /// Closes the pool, waiting for connections in use.
@@ -255,13 +273,23 @@ impl UserStore for PostgresStore {
         Ok(Some(record.user))
     }
 
-    async fn find_identification_owner(&self, id: &IdentificationId) -> Result<Option<UserId>, StorageError> {
+    async fn find_identification_owner(
+        &self,
+        id: &IdentificationId,
+    ) -> Result<Option<UserId>, StorageError> {
         let statement = sql::identification_owner(id.as_str(), Dialect::Postgres);
-        let owner: Option<String> = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_error)?;
-        owner.map(|o| UserId::parse(&o).map_err(|_| StorageError::internal(format!("stored user id is invalid: {o:?}")))).transpose()
+        let owner: Option<String> =
+            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_error)?;
+        owner
+            .map(|o| {
+                UserId::parse(&o).map_err(|_| {
+                    StorageError::internal(format!("stored user id is invalid: {o:?}"))
+                })
+            })
+            .transpose()
     }
 
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
@@ -270,15 +298,19 @@ impl UserStore for PostgresStore {
 
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
         let statement = sql::count_users(filter, Dialect::Postgres);
-        let count: i64 = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_error)?;
+        let count: i64 =
+            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_error)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 }

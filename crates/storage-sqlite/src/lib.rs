@@ -18,7 +18,8 @@ use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
 use roster_storage::sql::{self, Bind, Dialect, Statement};
 use roster_storage::{ListQuery, Mutation, StorageError, UserFilter, UserStore};
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 // Every statement is built by `roster_storage::sql` from fixed fragments;
 // values always travel as bind parameters.
@@ -48,7 +49,9 @@ fn map_error(error: sqlx::Error) -> StorageError {
             } else {
                 return StorageError::internal(error);
             };
-            StorageError::Conflict { field: field.to_owned() }
+            StorageError::Conflict {
+                field: field.to_owned(),
+            }
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             StorageError::Unavailable(Box::new(error))
@@ -133,12 +136,19 @@ fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
 struct Conn<'c>(&'c mut SqliteConnection);
 
 impl Conn<'_> {
-    async fn fetch<T>(&mut self, statement: Statement, decode: fn(&SqliteRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, StorageError> {
+    async fn fetch<T>(
+        &mut self,
+        statement: Statement,
+        decode: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, StorageError> {
         let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .fetch_all(&mut *self.0)
             .await
             .map_err(map_error)?;
-        rows.iter().map(decode).collect::<Result<_, _>>().map_err(StorageError::internal)
+        rows.iter()
+            .map(decode)
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::internal)
     }
 }
 
@@ -193,7 +203,10 @@ impl SqliteStore {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        MIGRATOR.run(&self.pool).await.map_err(StorageError::internal)
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(StorageError::internal)
     }
 
     /// Closes the pool, waiting for connections in use.
@@ -202,7 +215,10 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_error)
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_error)
     }
 
     async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StorageError> {
@@ -248,13 +264,23 @@ impl UserStore for SqliteStore {
         Ok(Some(record.user))
     }
 
-    async fn find_identification_owner(&self, id: &IdentificationId) -> Result<Option<UserId>, StorageError> {
+    async fn find_identification_owner(
+        &self,
+        id: &IdentificationId,
+    ) -> Result<Option<UserId>, StorageError> {
         let statement = sql::identification_owner(id.as_str(), Dialect::Sqlite);
-        let owner: Option<String> = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_error)?;
-        owner.map(|o| UserId::parse(&o).map_err(|_| StorageError::internal(format!("stored user id is invalid: {o:?}")))).transpose()
+        let owner: Option<String> =
+            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_error)?;
+        owner
+            .map(|o| {
+                UserId::parse(&o).map_err(|_| {
+                    StorageError::internal(format!("stored user id is invalid: {o:?}"))
+                })
+            })
+            .transpose()
     }
 
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
@@ -263,15 +289,19 @@ impl UserStore for SqliteStore {
 
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
         let statement = sql::count_users(filter, Dialect::Sqlite);
-        let count: i64 = sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_error)?;
+        let count: i64 =
+            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_error)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 }

@@ -5,18 +5,24 @@
 //! function that makes a [`Fixture`]; a feature is done when it passes on
 //! every backend.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    reason = "a test suite: a failed unwrap is a failed test"
+)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use roster_domain::{
-    DomainError, Email, ExternalId, IdentificationId, Metadata, MetadataKind, Name, NewIdentifiers, NewUser,
-    Password, Phone, ProfileChange, Timestamp, User, UserId, UserRecord, Username, reason,
+    DomainError, Email, ExternalId, IdentificationId, Metadata, MetadataKind, Name, NewIdentifiers,
+    NewUser, Password, Phone, ProfileChange, Timestamp, User, UserId, UserRecord, Username, reason,
 };
 use serde_json::json;
 
 use crate::query::ListQuery;
-use roster_domain::query::{OrderBy, OrderField, UserFilter};
 use crate::{StorageError, UserStore, list_page};
+use roster_domain::query::{OrderBy, OrderField, UserFilter};
 
 /// A fresh store and whatever must live as long as it (a temporary
 /// directory, a database to drop).
@@ -82,7 +88,10 @@ fn new_user(emails: &[&str], phones: &[&str], username: Option<&str>, offset: i6
 }
 
 async fn insert(store: &dyn UserStore, user: &User) {
-    store.insert_user(&UserRecord::new(user.clone(), None)).await.unwrap();
+    store
+        .insert_user(&UserRecord::new(user.clone(), None))
+        .await
+        .unwrap();
 }
 
 fn conflict_field(result: Result<impl std::fmt::Debug, StorageError>) -> String {
@@ -93,18 +102,29 @@ fn conflict_field(result: Result<impl std::fmt::Debug, StorageError>) -> String 
 }
 
 pub async fn create_and_get_round_trips(store: Arc<dyn UserStore>) {
-    let mut user = new_user(&["Ada@Example.com", "ada2@example.com"], &["+14155550101"], Some("Ada.L"), 0);
+    let mut user = new_user(
+        &["Ada@Example.com", "ada2@example.com"],
+        &["+14155550101"],
+        Some("Ada.L"),
+        0,
+    );
     user.first_name = Name::parse("Ada").unwrap();
     user.last_name = Name::parse("Lovelace").unwrap();
     user.external_id = ExternalId::parse("ext-1").unwrap();
     user.locale = roster_domain::Locale::parse("en-GB").unwrap();
-    user.public_metadata = Metadata::parse(json!({"role": "admin", "n": 1, "f": 1.5, "nested": {"a": [1, "x", null]}})).unwrap();
+    user.public_metadata = Metadata::parse(
+        json!({"role": "admin", "n": 1, "f": 1.5, "nested": {"a": [1, "x", null]}}),
+    )
+    .unwrap();
     user.private_metadata = Metadata::parse(json!({"stripe": "cus_1"})).unwrap();
     user.unsafe_metadata = Metadata::parse(json!({"theme": "dark"})).unwrap();
     user.banned = true;
     user.last_sign_in_at = Some(at(5));
     let hash = Password::parse("correct horse").unwrap().hash();
-    store.insert_user(&UserRecord::new(user.clone(), Some(hash.clone()))).await.unwrap();
+    store
+        .insert_user(&UserRecord::new(user.clone(), Some(hash.clone())))
+        .await
+        .unwrap();
 
     let loaded = store.get_user(&user.id).await.unwrap().unwrap();
     let mut expected = user.clone();
@@ -114,7 +134,10 @@ pub async fn create_and_get_round_trips(store: Arc<dyn UserStore>) {
     assert_eq!(record.password_hash(), Some(&hash));
     assert!(record.password_hash().unwrap().verify("correct horse"));
     assert_eq!(
-        store.find_identification_owner(&user.phone_numbers[0].id).await.unwrap(),
+        store
+            .find_identification_owner(&user.phone_numbers[0].id)
+            .await
+            .unwrap(),
         Some(user.id.clone())
     );
 }
@@ -124,7 +147,13 @@ pub async fn get_missing_is_none(store: Arc<dyn UserStore>) {
     assert!(store.get_user(&id).await.unwrap().is_none());
     assert!(store.get_record(&id).await.unwrap().is_none());
     assert!(store.delete_user(&id).await.unwrap().is_none());
-    assert!(store.find_identification_owner(&IdentificationId::generate(at(0))).await.unwrap().is_none());
+    assert!(
+        store
+            .find_identification_owner(&IdentificationId::generate(at(0)))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn identifiers_are_unique_across_users(store: Arc<dyn UserStore>) {
@@ -133,14 +162,34 @@ pub async fn identifiers_are_unique_across_users(store: Arc<dyn UserStore>) {
     insert(store.as_ref(), &first).await;
 
     let same_email = new_user(&["TAKEN@example.com"], &[], None, 1);
-    assert_eq!(conflict_field(store.insert_user(&UserRecord::new(same_email, None)).await), "email_address");
+    assert_eq!(
+        conflict_field(store.insert_user(&UserRecord::new(same_email, None)).await),
+        "email_address"
+    );
     let same_phone = new_user(&[], &["+1 415 555 0101"], None, 1);
-    assert_eq!(conflict_field(store.insert_user(&UserRecord::new(same_phone, None)).await), "phone_number");
+    assert_eq!(
+        conflict_field(store.insert_user(&UserRecord::new(same_phone, None)).await),
+        "phone_number"
+    );
     let same_username = new_user(&[], &[], Some("TAKEN"), 1);
-    assert_eq!(conflict_field(store.insert_user(&UserRecord::new(same_username, None)).await), "username");
+    assert_eq!(
+        conflict_field(
+            store
+                .insert_user(&UserRecord::new(same_username, None))
+                .await
+        ),
+        "username"
+    );
     let mut same_external = new_user(&["other@example.com"], &[], None, 1);
     same_external.external_id = ExternalId::parse("ext-taken").unwrap();
-    assert_eq!(conflict_field(store.insert_user(&UserRecord::new(same_external, None)).await), "external_id");
+    assert_eq!(
+        conflict_field(
+            store
+                .insert_user(&UserRecord::new(same_external, None))
+                .await
+        ),
+        "external_id"
+    );
 
     // Nothing of the refused users was written.
     assert_eq!(store.count_users(&UserFilter::default()).await.unwrap(), 1);
@@ -171,9 +220,17 @@ pub async fn concurrent_creators_of_one_identifier_one_wins(store: Arc<dyn UserS
 }
 
 pub async fn update_writes_what_changed(store: Arc<dyn UserStore>) {
-    let user = new_user(&["a@example.com", "b@example.com"], &["+14155550101"], None, 0);
+    let user = new_user(
+        &["a@example.com", "b@example.com"],
+        &["+14155550101"],
+        None,
+        0,
+    );
     insert(store.as_ref(), &user).await;
-    let (first_email, second_email) = (user.email_addresses[0].id.clone(), user.email_addresses[1].id.clone());
+    let (first_email, second_email) = (
+        user.email_addresses[0].id.clone(),
+        user.email_addresses[1].id.clone(),
+    );
     let phone = user.phone_numbers[0].id.clone();
     let hash = Password::parse("new password").unwrap().hash();
     let hash2 = hash.clone();
@@ -184,14 +241,23 @@ pub async fn update_writes_what_changed(store: Arc<dyn UserStore>) {
                 let now = at(10);
                 let u = &mut record.user;
                 u.set_profile(
-                    ProfileChange { first_name: Some(Name::parse("Grace").unwrap()), ..ProfileChange::default() },
+                    ProfileChange {
+                        first_name: Some(Name::parse("Grace").unwrap()),
+                        ..ProfileChange::default()
+                    },
                     now,
                 );
                 u.set_primary_email(Some(&second_email), now)?;
                 u.remove_email(&first_email, now)?;
                 u.add_email(Email::parse("c@example.com").unwrap(), false, false, now)?;
                 u.set_phone_reserved(&phone, true, now)?;
-                u.merge_metadata(vec![(MetadataKind::Private, Metadata::parse(json!({"k": 1})).unwrap())], now)?;
+                u.merge_metadata(
+                    vec![(
+                        MetadataKind::Private,
+                        Metadata::parse(json!({"k": 1})).unwrap(),
+                    )],
+                    now,
+                )?;
                 u.set_banned(true, now);
                 record.set_password(Some(hash2), now);
                 Ok(())
@@ -203,17 +269,37 @@ pub async fn update_writes_what_changed(store: Arc<dyn UserStore>) {
     assert_eq!(loaded, updated);
     assert_eq!(loaded.first_name.as_ref().map(Name::as_str), Some("Grace"));
     assert_eq!(loaded.email_addresses.len(), 2);
-    assert_eq!(loaded.primary_email().unwrap().email.as_str(), "b@example.com");
-    assert!(loaded.phone_numbers[0].reserved_for_second_factor && loaded.phone_numbers[0].default_second_factor);
+    assert_eq!(
+        loaded.primary_email().unwrap().email.as_str(),
+        "b@example.com"
+    );
+    assert!(
+        loaded.phone_numbers[0].reserved_for_second_factor
+            && loaded.phone_numbers[0].default_second_factor
+    );
     assert!(loaded.banned && loaded.password_enabled);
     assert_eq!(loaded.updated_at, at(10));
-    assert_eq!(store.get_record(&user.id).await.unwrap().unwrap().password_hash(), Some(&hash));
+    assert_eq!(
+        store
+            .get_record(&user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash(),
+        Some(&hash)
+    );
     // The removed address is free for another user.
     insert(store.as_ref(), &new_user(&["a@example.com"], &[], None, 11)).await;
     // Ordering by primary email follows the change.
     let page = list_page(
         store.as_ref(),
-        ListQuery::new(UserFilter::default(), OrderBy::parse("email_address").unwrap(), 10, "").unwrap(),
+        ListQuery::new(
+            UserFilter::default(),
+            OrderBy::parse("email_address").unwrap(),
+            10,
+            "",
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
@@ -234,19 +320,55 @@ pub async fn rejected_update_changes_nothing(store: Arc<dyn UserStore>) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::Rejected(DomainError::FailedPrecondition { reason: r, .. }) if r == reason::LAST_IDENTIFIER));
+    assert!(
+        matches!(err, StorageError::Rejected(DomainError::FailedPrecondition { reason: r, .. }) if r == reason::LAST_IDENTIFIER)
+    );
     assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
 }
+
+/// A change tried several times.
+type ChangeFn = Box<dyn Fn(&mut UserRecord) -> Result<(), DomainError> + Send + Sync>;
 
 pub async fn conflicting_update_changes_nothing(store: Arc<dyn UserStore>) {
     let owner = new_user(&["owner@example.com"], &["+14155550101"], Some("owner"), 0);
     let user = new_user(&["a@example.com"], &[], None, 1);
     insert(store.as_ref(), &owner).await;
     insert(store.as_ref(), &user).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut UserRecord) -> Result<(), DomainError> + Send + Sync>)> = vec![
-        ("email_address", Box::new(|r| r.user.add_email(Email::parse("OWNER@example.com").unwrap(), true, false, at(2)).map(drop))),
-        ("phone_number", Box::new(|r| r.user.add_phone(Phone::parse("+14155550101").unwrap(), true, false, false, at(2)).map(drop))),
-        ("username", Box::new(|r| r.user.set_username(Some(Username::parse("Owner").unwrap()), at(2)))),
+    let cases: Vec<(&str, ChangeFn)> = vec![
+        (
+            "email_address",
+            Box::new(|r| {
+                r.user
+                    .add_email(
+                        Email::parse("OWNER@example.com").unwrap(),
+                        true,
+                        false,
+                        at(2),
+                    )
+                    .map(drop)
+            }),
+        ),
+        (
+            "phone_number",
+            Box::new(|r| {
+                r.user
+                    .add_phone(
+                        Phone::parse("+14155550101").unwrap(),
+                        true,
+                        false,
+                        false,
+                        at(2),
+                    )
+                    .map(drop)
+            }),
+        ),
+        (
+            "username",
+            Box::new(|r| {
+                r.user
+                    .set_username(Some(Username::parse("Owner").unwrap()), at(2))
+            }),
+        ),
     ];
     for (field, change) in cases {
         let err = store
@@ -259,7 +381,10 @@ pub async fn conflicting_update_changes_nothing(store: Arc<dyn UserStore>) {
             )
             .await
             .unwrap_err();
-        assert!(matches!(&err, StorageError::Conflict { field: f } if f == field), "{field}: {err:?}");
+        assert!(
+            matches!(&err, StorageError::Conflict { field: f } if f == field),
+            "{field}: {err:?}"
+        );
         assert_eq!(store.get_user(&user.id).await.unwrap().unwrap(), user);
     }
 }
@@ -276,9 +401,19 @@ pub async fn concurrent_updates_are_not_lost(store: Arc<dyn UserStore>) {
                     .update_user(
                         &id,
                         Box::new(move |record| {
-                            let count = record.user.private_metadata.as_map().get("count").and_then(serde_json::Value::as_i64).unwrap_or(0);
-                            let patch = Metadata::parse(json!({ "count": count + 1, format!("k{i}"): i })).unwrap();
-                            record.user.merge_metadata(vec![(MetadataKind::Private, patch)], at(1))
+                            let count = record
+                                .user
+                                .private_metadata
+                                .as_map()
+                                .get("count")
+                                .and_then(serde_json::Value::as_i64)
+                                .unwrap_or(0);
+                            let patch =
+                                Metadata::parse(json!({ "count": count + 1, format!("k{i}"): i }))
+                                    .unwrap();
+                            record
+                                .user
+                                .merge_metadata(vec![(MetadataKind::Private, patch)], at(1))
                         }),
                     )
                     .await
@@ -289,13 +424,22 @@ pub async fn concurrent_updates_are_not_lost(store: Arc<dyn UserStore>) {
         task.await.unwrap().unwrap();
     }
     let loaded = store.get_user(&user.id).await.unwrap().unwrap();
-    assert_eq!(loaded.private_metadata.as_map().get("count"), Some(&json!(10)));
+    assert_eq!(
+        loaded.private_metadata.as_map().get("count"),
+        Some(&json!(10))
+    );
     assert_eq!(loaded.private_metadata.as_map().len(), 11);
 }
 
 pub async fn update_of_missing_user_is_not_found(store: Arc<dyn UserStore>) {
-    let err = store.update_user(&UserId::generate(at(0)), Box::new(|_| Ok(()))).await.unwrap_err();
-    assert!(matches!(err, StorageError::Rejected(DomainError::NotFound { .. })), "{err:?}");
+    let err = store
+        .update_user(&UserId::generate(at(0)), Box::new(|_| Ok(())))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Rejected(DomainError::NotFound { .. })),
+        "{err:?}"
+    );
 }
 
 pub async fn delete_removes_everything(store: Arc<dyn UserStore>) {
@@ -306,16 +450,37 @@ pub async fn delete_removes_everything(store: Arc<dyn UserStore>) {
     let deleted = store.delete_user(&user.id).await.unwrap().unwrap();
     assert_eq!(deleted, user);
     assert!(store.get_user(&user.id).await.unwrap().is_none());
-    assert!(store.find_identification_owner(&user.email_addresses[0].id).await.unwrap().is_none());
-    assert!(store.find_identification_owner(&user.phone_numbers[0].id).await.unwrap().is_none());
+    assert!(
+        store
+            .find_identification_owner(&user.email_addresses[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_identification_owner(&user.phone_numbers[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Every identifier is free again, and the other user is untouched.
-    insert(store.as_ref(), &new_user(&["a@example.com"], &["+14155550101"], Some("ada_l"), 2)).await;
+    insert(
+        store.as_ref(),
+        &new_user(&["a@example.com"], &["+14155550101"], Some("ada_l"), 2),
+    )
+    .await;
     assert_eq!(store.get_user(&keep.id).await.unwrap().unwrap(), keep);
 }
 
 async fn ids(store: &dyn UserStore, filter: UserFilter) -> HashSet<UserId> {
     let count = store.count_users(&filter).await.unwrap();
-    let page = list_page(store, ListQuery::new(filter, OrderBy::default(), 500, "").unwrap()).await.unwrap();
+    let page = list_page(
+        store,
+        ListQuery::new(filter, OrderBy::default(), 500, "").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(page.users.len() as u64, count, "count and list agree");
     page.users.into_iter().map(|u| u.id).collect()
 }
@@ -323,7 +488,12 @@ async fn ids(store: &dyn UserStore, filter: UserFilter) -> HashSet<UserId> {
 pub async fn filters_select_the_right_users(store: Arc<dyn UserStore>) {
     let mut a = new_user(&["alice@example.com"], &["+14155550101"], Some("alice"), 0);
     a.external_id = ExternalId::parse("ext-a").unwrap();
-    let mut b = new_user(&["bob@example.org", "bobby@example.org"], &[], Some("Bob_B"), 10);
+    let mut b = new_user(
+        &["bob@example.org", "bobby@example.org"],
+        &[],
+        Some("Bob_B"),
+        10,
+    );
     b.banned = true;
     let c = new_user(&["carol@example.net"], &["+442079460958"], None, 20);
     for u in [&a, &b, &c] {
@@ -332,32 +502,115 @@ pub async fn filters_select_the_right_users(store: Arc<dyn UserStore>) {
     let set = |users: &[&User]| users.iter().map(|u| u.id.clone()).collect::<HashSet<_>>();
     let s = store.as_ref();
     assert_eq!(ids(s, UserFilter::default()).await, set(&[&a, &b, &c]));
-    assert_eq!(ids(s, UserFilter { user_ids: vec![a.id.clone(), c.id.clone()], ..UserFilter::default() }).await, set(&[&a, &c]));
     assert_eq!(
-        ids(s, UserFilter { email_addresses: vec!["bobby@example.org".into(), "nobody@x.io".into()], ..UserFilter::default() }).await,
+        ids(
+            s,
+            UserFilter {
+                user_ids: vec![a.id.clone(), c.id.clone()],
+                ..UserFilter::default()
+            }
+        )
+        .await,
+        set(&[&a, &c])
+    );
+    assert_eq!(
+        ids(
+            s,
+            UserFilter {
+                email_addresses: vec!["bobby@example.org".into(), "nobody@x.io".into()],
+                ..UserFilter::default()
+            }
+        )
+        .await,
         set(&[&b])
     );
     assert_eq!(
-        ids(s, UserFilter { phone_numbers: vec![Phone::parse("+44 20 7946 0958").unwrap()], ..UserFilter::default() }).await,
+        ids(
+            s,
+            UserFilter {
+                phone_numbers: vec![Phone::parse("+44 20 7946 0958").unwrap()],
+                ..UserFilter::default()
+            }
+        )
+        .await,
         set(&[&c])
     );
-    assert_eq!(ids(s, UserFilter { usernames: vec!["bob_b".into(), "alice".into()], ..UserFilter::default() }).await, set(&[&a, &b]));
-    assert_eq!(ids(s, UserFilter { external_ids: vec!["ext-a".into()], ..UserFilter::default() }).await, set(&[&a]));
-    assert_eq!(ids(s, UserFilter { banned: Some(true), ..UserFilter::default() }).await, set(&[&b]));
-    assert_eq!(ids(s, UserFilter { banned: Some(false), ..UserFilter::default() }).await, set(&[&a, &c]));
     assert_eq!(
-        ids(s, UserFilter { created_after: Some(at(10)), created_before: Some(at(20)), ..UserFilter::default() }).await,
+        ids(
+            s,
+            UserFilter {
+                usernames: vec!["bob_b".into(), "alice".into()],
+                ..UserFilter::default()
+            }
+        )
+        .await,
+        set(&[&a, &b])
+    );
+    assert_eq!(
+        ids(
+            s,
+            UserFilter {
+                external_ids: vec!["ext-a".into()],
+                ..UserFilter::default()
+            }
+        )
+        .await,
+        set(&[&a])
+    );
+    assert_eq!(
+        ids(
+            s,
+            UserFilter {
+                banned: Some(true),
+                ..UserFilter::default()
+            }
+        )
+        .await,
         set(&[&b])
     );
     assert_eq!(
-        ids(s, UserFilter { usernames: vec!["alice".into()], banned: Some(true), ..UserFilter::default() }).await,
+        ids(
+            s,
+            UserFilter {
+                banned: Some(false),
+                ..UserFilter::default()
+            }
+        )
+        .await,
+        set(&[&a, &c])
+    );
+    assert_eq!(
+        ids(
+            s,
+            UserFilter {
+                created_after: Some(at(10)),
+                created_before: Some(at(20)),
+                ..UserFilter::default()
+            }
+        )
+        .await,
+        set(&[&b])
+    );
+    assert_eq!(
+        ids(
+            s,
+            UserFilter {
+                usernames: vec!["alice".into()],
+                banned: Some(true),
+                ..UserFilter::default()
+            }
+        )
+        .await,
         set(&[])
     );
 }
 
+/// A user to sort: emails, username, first name, last sign-in offset.
+type Spec<'a> = (&'a [&'a str], Option<&'a str>, Option<&'a str>, Option<i64>);
+
 pub async fn every_order_pages_like_sorting_in_memory(store: Arc<dyn UserStore>) {
     // Duplicate and absent sort values on purpose: ties must break by id.
-    let specs: [(&[&str], Option<&str>, Option<&str>, Option<i64>); 7] = [
+    let specs: [Spec; 7] = [
         (&["m@example.com"], Some("zed_z"), Some("Bea"), Some(5)),
         (&["a@example.com"], None, Some("Bea"), None),
         (&["z@example.com"], Some("Amy_a"), None, Some(5)),
@@ -394,7 +647,9 @@ pub async fn every_order_pages_like_sorting_in_memory(store: Arc<dyn UserStore>)
                 let ord = match (field.value_of(x), field.value_of(y)) {
                     (crate::SortValue::Int(a), crate::SortValue::Int(b)) => a.cmp(&b),
                     // The stores compare text bytewise (C collation).
-                    (crate::SortValue::Text(a), crate::SortValue::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+                    (crate::SortValue::Text(a), crate::SortValue::Text(b)) => {
+                        a.as_bytes().cmp(b.as_bytes())
+                    }
                     mixed => panic!("one field sorts on one kind of value: {mixed:?}"),
                 }
                 .then_with(|| x.id.cmp(&y.id));
@@ -419,14 +674,27 @@ pub async fn every_order_pages_like_sorting_in_memory(store: Arc<dyn UserStore>)
 }
 
 pub async fn query_matches_substrings_literally(store: Arc<dyn UserStore>) {
-    let mut a = new_user(&["ada.lovelace@example.com"], &["+14155550101"], Some("countess"), 0);
+    let mut a = new_user(
+        &["ada.lovelace@example.com"],
+        &["+14155550101"],
+        Some("countess"),
+        0,
+    );
     a.first_name = Name::parse("Ada").unwrap();
     a.external_id = ExternalId::parse("CRM_100%").unwrap();
-    let mut b = new_user(&["grace@example.org"], &["+442079460958"], Some("amazing_grace"), 1);
+    let mut b = new_user(
+        &["grace@example.org"],
+        &["+442079460958"],
+        Some("amazing_grace"),
+        1,
+    );
     b.last_name = Name::parse("Hopper").unwrap();
     insert(store.as_ref(), &a).await;
     insert(store.as_ref(), &b).await;
-    let q = |text: &str| UserFilter { query: Some(text.to_lowercase()), ..UserFilter::default() };
+    let q = |text: &str| UserFilter {
+        query: Some(text.to_lowercase()),
+        ..UserFilter::default()
+    };
     let set = |users: &[&User]| users.iter().map(|u| u.id.clone()).collect::<HashSet<_>>();
     let s = store.as_ref();
     assert_eq!(ids(s, q("LOVELACE")).await, set(&[&a]));

@@ -78,7 +78,10 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError>;
 
     /// The owner of an email address or phone number.
-    async fn find_identification_owner(&self, id: &IdentificationId) -> Result<Option<UserId>, StorageError>;
+    async fn find_identification_owner(
+        &self,
+        id: &IdentificationId,
+    ) -> Result<Option<UserId>, StorageError>;
 
     /// Up to `query.limit` users matching the query, in its order, after its
     /// cursor.
@@ -103,5 +106,8 @@ pub async fn list_page(store: &dyn UserStore, mut query: ListQuery) -> Result<Pa
     } else {
         None
     };
-    Ok(Page { users, next_page_token })
+    Ok(Page {
+        users,
+        next_page_token,
+    })
 }

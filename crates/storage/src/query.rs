@@ -52,24 +52,42 @@ fn token_error() -> FieldViolation {
 
 impl ListQuery {
     /// Builds a query from a request's page size and token.
-    pub fn new(filter: UserFilter, order: OrderBy, page_size: i32, page_token: &str) -> Result<Self, Vec<FieldViolation>> {
+    pub fn new(
+        filter: UserFilter,
+        order: OrderBy,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Self, Vec<FieldViolation>> {
         let mut violations = Vec::new();
         let limit = match usize::try_from(page_size) {
             Ok(0) => DEFAULT_PAGE_SIZE,
             Ok(n) => n.min(MAX_PAGE_SIZE),
             Err(_) => {
-                violations.push(FieldViolation::new("page_size", reason::FORM_PARAM_VALUE_INVALID, "page_size must not be negative"));
+                violations.push(FieldViolation::new(
+                    "page_size",
+                    reason::FORM_PARAM_VALUE_INVALID,
+                    "page_size must not be negative",
+                ));
                 DEFAULT_PAGE_SIZE
             }
         };
-        let mut query = Self { filter, order, after: None, limit };
+        let mut query = Self {
+            filter,
+            order,
+            after: None,
+            limit,
+        };
         if !page_token.is_empty() {
             match query.decode_token(page_token) {
                 Some(cursor) => query.after = Some(cursor),
                 None => violations.push(token_error().nested("page_token")),
             }
         }
-        if violations.is_empty() { Ok(query) } else { Err(violations) }
+        if violations.is_empty() {
+            Ok(query)
+        } else {
+            Err(violations)
+        }
     }
 
     fn checksum(&self, payload: &[u8]) -> [u8; 12] {
@@ -90,7 +108,11 @@ impl ListQuery {
         };
         let payload = json!({ "v": 1, "k": value, "id": last.id.as_str() }).to_string();
         let checksum = self.checksum(payload.as_bytes());
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload.as_bytes()), URL_SAFE_NO_PAD.encode(checksum))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload.as_bytes()),
+            URL_SAFE_NO_PAD.encode(checksum)
+        )
     }
 
     fn decode_token(&self, token: &str) -> Option<Cursor> {
@@ -105,7 +127,10 @@ impl ListQuery {
             return None;
         }
         let key = value.get("k")?;
-        let sort = match (key.get("i").and_then(Value::as_i64), key.get("t").and_then(Value::as_str)) {
+        let sort = match (
+            key.get("i").and_then(Value::as_i64),
+            key.get("t").and_then(Value::as_str),
+        ) {
             (Some(i), None) => SortValue::Int(i),
             (None, Some(t)) => SortValue::Text(t.to_owned()),
             _ => return None,
@@ -138,25 +163,58 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_tampering_and_other_queries() {
-        let q = ListQuery::new(UserFilter::default(), OrderBy::parse("email_address").unwrap(), 5, "").unwrap();
+        let q = ListQuery::new(
+            UserFilter::default(),
+            OrderBy::parse("email_address").unwrap(),
+            5,
+            "",
+        )
+        .unwrap();
         let u = user();
         let token = q.next_token(&u);
         let next = ListQuery::new(UserFilter::default(), q.order, 5, &token).unwrap();
-        assert_eq!(next.after, Some(Cursor { value: SortValue::Text("a@example.com".into()), id: u.id.to_string() }));
+        assert_eq!(
+            next.after,
+            Some(Cursor {
+                value: SortValue::Text("a@example.com".into()),
+                id: u.id.to_string()
+            })
+        );
 
-        let other_filter = UserFilter { banned: Some(true), ..UserFilter::default() };
+        let other_filter = UserFilter {
+            banned: Some(true),
+            ..UserFilter::default()
+        };
         assert!(ListQuery::new(other_filter, q.order, 5, &token).is_err());
         assert!(ListQuery::new(UserFilter::default(), OrderBy::default(), 5, &token).is_err());
         let mut tampered = token.clone().into_bytes();
         tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
-        assert!(ListQuery::new(UserFilter::default(), q.order, 5, &String::from_utf8(tampered).unwrap()).is_err());
+        assert!(
+            ListQuery::new(
+                UserFilter::default(),
+                q.order,
+                5,
+                &String::from_utf8(tampered).unwrap()
+            )
+            .is_err()
+        );
         assert!(ListQuery::new(UserFilter::default(), q.order, 5, "garbage").is_err());
     }
 
     #[test]
     fn page_size_defaults_and_caps() {
-        assert_eq!(ListQuery::new(UserFilter::default(), OrderBy::default(), 0, "").unwrap().limit, 10);
-        assert_eq!(ListQuery::new(UserFilter::default(), OrderBy::default(), 9999, "").unwrap().limit, 500);
+        assert_eq!(
+            ListQuery::new(UserFilter::default(), OrderBy::default(), 0, "")
+                .unwrap()
+                .limit,
+            10
+        );
+        assert_eq!(
+            ListQuery::new(UserFilter::default(), OrderBy::default(), 9999, "")
+                .unwrap()
+                .limit,
+            500
+        );
         assert!(ListQuery::new(UserFilter::default(), OrderBy::default(), -1, "").is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! mapping itself lives here once.
 
 use roster_domain::{
-    Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name, PasswordHash, Phone, PhoneNumber,
-    Timestamp, User, UserId, UserRecord, Username, Verification, VerificationStatus, VerificationStrategy,
+    Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name, PasswordHash, Phone,
+    PhoneNumber, Timestamp, User, UserId, UserRecord, Username, Verification, VerificationStatus,
+    VerificationStrategy,
 };
 
 use crate::StorageError;
@@ -83,7 +84,11 @@ fn metadata(text: &str) -> Result<Metadata, StorageError> {
     Metadata::from_json_text(text).map_err(StorageError::internal)
 }
 
-fn optional<T, E>(value: Option<&String>, parse: impl Fn(&str) -> Result<Option<T>, E>, what: &str) -> Result<Option<T>, StorageError> {
+fn optional<T, E>(
+    value: Option<&String>,
+    parse: impl Fn(&str) -> Result<Option<T>, E>,
+    what: &str,
+) -> Result<Option<T>, StorageError> {
     match value {
         None => Ok(None),
         Some(v) => parse(v).map_err(|_| corrupt(what, v)),
@@ -106,10 +111,14 @@ impl VerificationColumns {
 
     fn to_domain(&self) -> Result<Verification, StorageError> {
         Ok(Verification {
-            status: VerificationStatus::from_name(&self.status).ok_or_else(|| corrupt("verification status", &self.status))?,
+            status: VerificationStatus::from_name(&self.status)
+                .ok_or_else(|| corrupt("verification status", &self.status))?,
             strategy: match &self.strategy {
                 None => None,
-                Some(s) => Some(VerificationStrategy::from_name(s).ok_or_else(|| corrupt("verification strategy", s))?),
+                Some(s) => Some(
+                    VerificationStrategy::from_name(s)
+                        .ok_or_else(|| corrupt("verification strategy", s))?,
+                ),
             },
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             expire_at: self.expire_at.map(Timestamp::from_millis),
@@ -141,8 +150,16 @@ impl UserRow {
         Self {
             id: u.id.to_string(),
             external_id: u.external_id.as_ref().map(ToString::to_string),
-            first_name: u.first_name.as_ref().map(ToString::to_string).unwrap_or_default(),
-            last_name: u.last_name.as_ref().map(ToString::to_string).unwrap_or_default(),
+            first_name: u
+                .first_name
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            last_name: u
+                .last_name
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             username: u.username.as_ref().map(ToString::to_string),
             locale: u.locale.as_ref().map(ToString::to_string),
             primary_email_address_id: u.primary_email_address_id.as_ref().map(ToString::to_string),
@@ -173,7 +190,11 @@ impl UserRow {
             opt_text(self.locale.as_ref()),
             opt_text(self.primary_email_address_id.as_ref()),
             opt_text(self.primary_phone_number_id.as_ref()),
-            Bind::Text(user.primary_email().map(|e| e.email.normalized()).unwrap_or_default()),
+            Bind::Text(
+                user.primary_email()
+                    .map(|e| e.email.normalized())
+                    .unwrap_or_default(),
+            ),
             opt_text(self.password_hash.as_ref()),
             Bind::Json(self.public_metadata.clone()),
             Bind::Json(self.private_metadata.clone()),
@@ -188,7 +209,11 @@ impl UserRow {
     }
 
     /// Joins the row with its identifiers (any order) into a record.
-    pub fn into_record(self, mut emails: Vec<EmailRow>, mut phones: Vec<PhoneRow>) -> Result<UserRecord, StorageError> {
+    pub fn into_record(
+        self,
+        mut emails: Vec<EmailRow>,
+        mut phones: Vec<PhoneRow>,
+    ) -> Result<UserRecord, StorageError> {
         emails.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         phones.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let name = |text: &str| Name::parse(text).map_err(|_| corrupt("name", text));
@@ -197,12 +222,30 @@ impl UserRow {
             external_id: optional(self.external_id.as_ref(), ExternalId::parse, "external id")?,
             first_name: name(&self.first_name)?,
             last_name: name(&self.last_name)?,
-            username: optional(self.username.as_ref(), |u| Username::parse(u).map(Some), "username")?,
+            username: optional(
+                self.username.as_ref(),
+                |u| Username::parse(u).map(Some),
+                "username",
+            )?,
             locale: optional(self.locale.as_ref(), Locale::parse, "locale")?,
-            primary_email_address_id: self.primary_email_address_id.as_deref().map(identification_id).transpose()?,
-            primary_phone_number_id: self.primary_phone_number_id.as_deref().map(identification_id).transpose()?,
-            email_addresses: emails.iter().map(EmailRow::to_domain).collect::<Result<_, _>>()?,
-            phone_numbers: phones.iter().map(PhoneRow::to_domain).collect::<Result<_, _>>()?,
+            primary_email_address_id: self
+                .primary_email_address_id
+                .as_deref()
+                .map(identification_id)
+                .transpose()?,
+            primary_phone_number_id: self
+                .primary_phone_number_id
+                .as_deref()
+                .map(identification_id)
+                .transpose()?,
+            email_addresses: emails
+                .iter()
+                .map(EmailRow::to_domain)
+                .collect::<Result<_, _>>()?,
+            phone_numbers: phones
+                .iter()
+                .map(PhoneRow::to_domain)
+                .collect::<Result<_, _>>()?,
             password_enabled: self.password_hash.is_some(),
             public_metadata: metadata(&self.public_metadata)?,
             private_metadata: metadata(&self.private_metadata)?,
@@ -214,7 +257,10 @@ impl UserRow {
             updated_at: Timestamp::from_millis(self.updated_at),
             last_sign_in_at: self.last_sign_in_at.map(Timestamp::from_millis),
         };
-        Ok(UserRecord::new(user, self.password_hash.map(PasswordHash::from_stored)))
+        Ok(UserRecord::new(
+            user,
+            self.password_hash.map(PasswordHash::from_stored),
+        ))
     }
 }
 
@@ -233,7 +279,8 @@ impl EmailRow {
     fn to_domain(&self) -> Result<EmailAddress, StorageError> {
         Ok(EmailAddress {
             id: identification_id(&self.id)?,
-            email: Email::parse(&self.email_address).map_err(|_| corrupt("email address", &self.email_address))?,
+            email: Email::parse(&self.email_address)
+                .map_err(|_| corrupt("email address", &self.email_address))?,
             verification: self.verification.to_domain()?,
             created_at: Timestamp::from_millis(self.created_at),
             updated_at: Timestamp::from_millis(self.updated_at),
@@ -271,7 +318,8 @@ impl PhoneRow {
     fn to_domain(&self) -> Result<PhoneNumber, StorageError> {
         Ok(PhoneNumber {
             id: identification_id(&self.id)?,
-            phone: Phone::parse(&self.phone_number).map_err(|_| corrupt("phone number", &self.phone_number))?,
+            phone: Phone::parse(&self.phone_number)
+                .map_err(|_| corrupt("phone number", &self.phone_number))?,
             verification: self.verification.to_domain()?,
             reserved_for_second_factor: self.reserved_for_second_factor,
             default_second_factor: self.default_second_factor,
@@ -300,12 +348,18 @@ impl PhoneRow {
 
 /// Groups identifier rows by user and joins them to their user rows,
 /// keeping the user rows' order.
-pub fn assemble(users: Vec<UserRow>, emails: Vec<EmailRow>, phones: Vec<PhoneRow>) -> Result<Vec<UserRecord>, StorageError> {
-    let mut emails_by_user: std::collections::HashMap<String, Vec<EmailRow>> = std::collections::HashMap::new();
+pub fn assemble(
+    users: Vec<UserRow>,
+    emails: Vec<EmailRow>,
+    phones: Vec<PhoneRow>,
+) -> Result<Vec<UserRecord>, StorageError> {
+    let mut emails_by_user: std::collections::HashMap<String, Vec<EmailRow>> =
+        std::collections::HashMap::new();
     for e in emails {
         emails_by_user.entry(e.user_id.clone()).or_default().push(e);
     }
-    let mut phones_by_user: std::collections::HashMap<String, Vec<PhoneRow>> = std::collections::HashMap::new();
+    let mut phones_by_user: std::collections::HashMap<String, Vec<PhoneRow>> =
+        std::collections::HashMap::new();
     for p in phones {
         phones_by_user.entry(p.user_id.clone()).or_default().push(p);
     }

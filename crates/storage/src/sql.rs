@@ -110,7 +110,11 @@ struct Builder {
 
 impl Builder {
     fn new(dialect: Dialect, sql: &str) -> Self {
-        Self { dialect, sql: sql.to_owned(), binds: Vec::new() }
+        Self {
+            dialect,
+            sql: sql.to_owned(),
+            binds: Vec::new(),
+        }
     }
 
     fn push(&mut self, text: &str) {
@@ -143,7 +147,10 @@ impl Builder {
     }
 
     fn finish(self) -> Statement {
-        Statement { sql: self.sql, binds: self.binds }
+        Statement {
+            sql: self.sql,
+            binds: self.binds,
+        }
     }
 }
 
@@ -176,7 +183,11 @@ fn like_pattern(query: &str) -> String {
 }
 
 fn texts<'a, I: IntoIterator<Item = &'a String>>(values: I) -> impl Iterator<Item = Bind> {
-    values.into_iter().map(|v| Bind::Text(v.clone())).collect::<Vec<_>>().into_iter()
+    values
+        .into_iter()
+        .map(|v| Bind::Text(v.clone()))
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 fn push_filter(b: &mut Builder, filter: &UserFilter) {
@@ -186,13 +197,20 @@ fn push_filter(b: &mut Builder, filter: &UserFilter) {
         b.bind_list(filter.user_ids.iter().map(|id| Bind::Text(id.to_string())));
     }
     if !filter.email_addresses.is_empty() {
-        b.push(" AND u.id IN (SELECT e.user_id FROM email_addresses e WHERE e.email_normalized IN ");
+        b.push(
+            " AND u.id IN (SELECT e.user_id FROM email_addresses e WHERE e.email_normalized IN ",
+        );
         b.bind_list(texts(&filter.email_addresses));
         b.push(")");
     }
     if !filter.phone_numbers.is_empty() {
         b.push(" AND u.id IN (SELECT p.user_id FROM phone_numbers p WHERE p.phone_number IN ");
-        b.bind_list(filter.phone_numbers.iter().map(|p| Bind::Text(p.to_string())));
+        b.bind_list(
+            filter
+                .phone_numbers
+                .iter()
+                .map(|p| Bind::Text(p.to_string())),
+        );
         b.push(")");
     }
     if !filter.usernames.is_empty() {
@@ -248,7 +266,11 @@ pub fn list_users(query: &ListQuery, dialect: Dialect) -> Statement {
     let mut b = Builder::new(dialect, &format!("SELECT {USER_COLUMNS} FROM users u"));
     push_filter(&mut b, &query.filter);
     let sort = sort_expression(query.order.field);
-    let (cmp, dir) = if query.order.descending { ("<", "DESC") } else { (">", "ASC") };
+    let (cmp, dir) = if query.order.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     if let Some(cursor) = &query.after {
         b.push(&format!(" AND ({sort}, u.id) {cmp} ("));
         b.bind(match &cursor.value {
@@ -273,13 +295,21 @@ pub fn count_users(filter: &UserFilter, dialect: Dialect) -> Statement {
 
 /// `INSERT` of one row; `binds` follow `columns`.
 pub fn insert(table: &str, columns: &[&str], binds: Vec<Bind>, dialect: Dialect) -> Statement {
-    let mut b = Builder::new(dialect, &format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")));
+    let mut b = Builder::new(
+        dialect,
+        &format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
+    );
     b.bind_list(binds);
     b.finish()
 }
 
 /// `UPDATE` of one row by id; `binds` follow `columns`, whose first is `id`.
-pub fn update_by_id(table: &str, columns: &[&str], binds: Vec<Bind>, dialect: Dialect) -> Statement {
+pub fn update_by_id(
+    table: &str,
+    columns: &[&str],
+    binds: Vec<Bind>,
+    dialect: Dialect,
+) -> Statement {
     let mut b = Builder::new(dialect, &format!("UPDATE {table} SET "));
     let mut binds = binds.into_iter();
     let id = binds.next();
@@ -304,8 +334,16 @@ pub fn delete_by_ids(table: &str, ids: &[&IdentificationId], dialect: Dialect) -
 }
 
 /// `SELECT` of the identifier rows (`columns`) of several users.
-pub fn identifiers_of(table: &str, columns: &str, user_ids: &[&str], dialect: Dialect) -> Statement {
-    let mut b = Builder::new(dialect, &format!("SELECT {columns} FROM {table} WHERE user_id IN "));
+pub fn identifiers_of(
+    table: &str,
+    columns: &str,
+    user_ids: &[&str],
+    dialect: Dialect,
+) -> Statement {
+    let mut b = Builder::new(
+        dialect,
+        &format!("SELECT {columns} FROM {table} WHERE user_id IN "),
+    );
     b.bind_list(user_ids.iter().map(|id| Bind::Text((*id).to_owned())));
     b.finish()
 }
@@ -329,7 +367,10 @@ pub fn identification_owner(id: &str, dialect: Dialect) -> Statement {
 /// `SELECT` of one user row by id; `lock` adds `FOR UPDATE` (PostgreSQL
 /// only: SQLite transactions lock the whole database).
 pub fn user_by_id(id: &str, lock: bool, dialect: Dialect) -> Statement {
-    let mut b = Builder::new(dialect, &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = "));
+    let mut b = Builder::new(
+        dialect,
+        &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = "),
+    );
     b.bind(Bind::Text(id.to_owned()));
     if lock && dialect == Dialect::Postgres {
         b.push(" FOR UPDATE");
@@ -365,14 +406,18 @@ impl Identified for PhoneNumber {
 
 /// Compares stored identifiers with the mutated ones by id.
 pub fn diff<'a, T: Identified>(old: &'a [T], new: &'a [T]) -> Diff<'a, T> {
-    let find = |list: &'a [T], id: &IdentificationId| list.iter().find(|x| x.identification_id() == id);
+    let find =
+        |list: &'a [T], id: &IdentificationId| list.iter().find(|x| x.identification_id() == id);
     Diff {
         removed: old
             .iter()
             .filter(|o| find(new, o.identification_id()).is_none())
             .map(Identified::identification_id)
             .collect(),
-        added: new.iter().filter(|n| find(old, n.identification_id()).is_none()).collect(),
+        added: new
+            .iter()
+            .filter(|n| find(old, n.identification_id()).is_none())
+            .collect(),
         changed: new
             .iter()
             .filter(|n| find(old, n.identification_id()).is_some_and(|o| o != *n))
@@ -388,9 +433,18 @@ mod tests {
 
     #[test]
     fn placeholders_follow_the_dialect() {
-        let filter = UserFilter { usernames: vec!["a".into(), "b".into()], banned: Some(false), ..UserFilter::default() };
+        let filter = UserFilter {
+            usernames: vec!["a".into(), "b".into()],
+            banned: Some(false),
+            ..UserFilter::default()
+        };
         let pg = count_users(&filter, Dialect::Postgres);
-        assert!(pg.sql.contains("u.username_normalized IN ($1, $2)") && pg.sql.contains("u.banned = $3"), "{}", pg.sql);
+        assert!(
+            pg.sql.contains("u.username_normalized IN ($1, $2)")
+                && pg.sql.contains("u.banned = $3"),
+            "{}",
+            pg.sql
+        );
         let lite = count_users(&filter, Dialect::Sqlite);
         assert!(lite.sql.contains("IN (?, ?)"));
         assert_eq!(lite.binds.len(), 3);
@@ -400,13 +454,27 @@ mod tests {
     fn keyset_direction_matches_order() {
         let q = ListQuery {
             filter: UserFilter::default(),
-            order: OrderBy { field: OrderField::Username, descending: true },
-            after: Some(Cursor { value: SortValue::Text("m".into()), id: "user_x".into() }),
+            order: OrderBy {
+                field: OrderField::Username,
+                descending: true,
+            },
+            after: Some(Cursor {
+                value: SortValue::Text("m".into()),
+                id: "user_x".into(),
+            }),
             limit: 3,
         };
         let s = list_users(&q, Dialect::Postgres);
-        assert!(s.sql.contains("(COALESCE(u.username_normalized, ''), u.id) < ($1, $2)"), "{}", s.sql);
-        assert!(s.sql.ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3"));
+        assert!(
+            s.sql
+                .contains("(COALESCE(u.username_normalized, ''), u.id) < ($1, $2)"),
+            "{}",
+            s.sql
+        );
+        assert!(
+            s.sql
+                .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3")
+        );
     }
 
     #[test]

@@ -46,14 +46,19 @@ fn find_bindir() -> Option<PathBuf> {
         .collect();
     candidates.sort();
     candidates.pop().or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).find(|p| p.join("initdb").exists()))
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).find(|p| p.join("initdb").exists()))
     })
 }
 
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -71,8 +76,22 @@ fn shell(script: &str) -> Command {
     }
 }
 
+/// Random lowercase hex, for unique names.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("random source");
+    buf.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 fn start_cluster() -> Cluster {
@@ -82,13 +101,16 @@ fn start_cluster() -> Cluster {
              Install it (apt-get install postgresql) or set {POSTGRES_URL_ENV} to a server's admin URL"
         )
     });
-    let mut suffix = [0u8; 6];
-    getrandom::fill(&mut suffix).expect("random source");
-    let dir: PathBuf = std::env::temp_dir().join(format!("roster-pg-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("roster-pg-{}", random_hex(6)));
     std::fs::create_dir_all(&dir).expect("create cluster directory");
     if running_as_root() {
-        let status = Command::new("chown").args(["postgres:postgres", &dir.display().to_string()]).status();
-        assert!(status.is_ok_and(|s| s.success()), "chown of the cluster directory to postgres failed");
+        let status = Command::new("chown")
+            .args(["postgres:postgres", &dir.display().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "chown of the cluster directory to postgres failed"
+        );
     }
     let d = dir.display();
     let b = bindir.display();
@@ -103,16 +125,27 @@ fn start_cluster() -> Cluster {
          -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 >{d}/postgres.log 2>&1 & \
          pid=$!; read _ignored; kill -INT $pid; wait $pid; rm -rf {d}"
     );
-    let mut child = shell(&script).stdin(Stdio::piped()).spawn().expect("start postgres");
+    let mut child = shell(&script)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start postgres");
     let stdin = child.stdin.take().expect("piped stdin");
     wait_for_port(port, &dir);
-    Cluster { admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), _stdin: Mutex::new(stdin), _child: Mutex::new(child) }
+    Cluster {
+        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        _stdin: Mutex::new(stdin),
+        _child: Mutex::new(child),
+    }
 }
 
 fn wait_for_port(port: u16, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "postgres did not start; see {}/postgres.log", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start; see {}/postgres.log",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -130,9 +163,7 @@ pub fn postgres_admin_url() -> String {
 /// A fresh, empty database; returns its URL.
 pub async fn postgres_database() -> String {
     let admin = postgres_admin_url();
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).expect("random source");
-    let name = format!("roster_test_{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let name = format!("roster_test_{}", random_hex(8));
     // The server may still be finishing its start-up.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut conn = loop {
@@ -150,6 +181,8 @@ pub async fn postgres_database() -> String {
         .await
         .expect("create test database");
     let _ = conn.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("admin URL ends in a database name");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("admin URL ends in a database name");
     format!("{base}/{name}")
 }

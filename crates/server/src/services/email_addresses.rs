@@ -4,8 +4,9 @@ use roster_domain::{DomainError, User};
 use roster_proto::convert;
 use roster_proto::v1::email_address_service_server::EmailAddressService;
 use roster_proto::v1::{
-    CreateEmailAddressRequest, CreateEmailAddressResponse, DeleteEmailAddressRequest, DeleteEmailAddressResponse,
-    EmailAddress, GetEmailAddressRequest, GetEmailAddressResponse, UpdateEmailAddressRequest, UpdateEmailAddressResponse,
+    CreateEmailAddressRequest, CreateEmailAddressResponse, DeleteEmailAddressRequest,
+    DeleteEmailAddressResponse, EmailAddress, GetEmailAddressRequest, GetEmailAddressResponse,
+    UpdateEmailAddressRequest, UpdateEmailAddressResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,7 +23,9 @@ pub struct EmailAddresses {
 }
 
 fn shown(user: &User, id: &roster_domain::IdentificationId) -> Result<EmailAddress, ApiError> {
-    let email = user.email(id).ok_or_else(|| DomainError::not_found(WHAT, id.as_str()))?;
+    let email = user
+        .email(id)
+        .ok_or_else(|| DomainError::not_found(WHAT, id.as_str()))?;
     Ok(convert::email_address(user, email))
 }
 
@@ -31,7 +34,10 @@ impl EmailAddresses {
         Self { state }
     }
 
-    async fn create(&self, req: CreateEmailAddressRequest) -> Result<CreateEmailAddressResponse, ApiError> {
+    async fn create(
+        &self,
+        req: CreateEmailAddressRequest,
+    ) -> Result<CreateEmailAddressResponse, ApiError> {
         let (user_id, email) = convert::create_email_address(&req)?;
         let now = self.state.clock.now();
         let mut created = None;
@@ -47,17 +53,28 @@ impl EmailAddresses {
             )
             .await?;
         let id = created.ok_or(ApiError::Internal("created email address has no id"))?;
-        Ok(CreateEmailAddressResponse { email_address: Some(shown(&user, &id)?) })
+        Ok(CreateEmailAddressResponse {
+            email_address: Some(shown(&user, &id)?),
+        })
     }
 
     async fn get(&self, req: GetEmailAddressRequest) -> Result<GetEmailAddressResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
         let user = owner_of(&self.state, &id, WHAT).await?;
-        Ok(GetEmailAddressResponse { email_address: Some(shown(&user, &id)?) })
+        Ok(GetEmailAddressResponse {
+            email_address: Some(shown(&user, &id)?),
+        })
     }
 
-    async fn update(&self, req: UpdateEmailAddressRequest) -> Result<UpdateEmailAddressResponse, ApiError> {
-        let (id, paths) = convert::identifier_update(&req.id, req.update_mask.as_ref(), &["verified", "primary"])?;
+    async fn update(
+        &self,
+        req: UpdateEmailAddressRequest,
+    ) -> Result<UpdateEmailAddressResponse, ApiError> {
+        let (id, paths) = convert::identifier_update(
+            &req.id,
+            req.update_mask.as_ref(),
+            &["verified", "primary"],
+        )?;
         let owner = owner_of(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let target = id.clone();
@@ -78,15 +95,26 @@ impl EmailAddresses {
                 }),
             )
             .await?;
-        Ok(UpdateEmailAddressResponse { email_address: Some(shown(&user, &id)?) })
+        Ok(UpdateEmailAddressResponse {
+            email_address: Some(shown(&user, &id)?),
+        })
     }
 
-    async fn delete(&self, req: DeleteEmailAddressRequest) -> Result<DeleteEmailAddressResponse, ApiError> {
+    async fn delete(
+        &self,
+        req: DeleteEmailAddressRequest,
+    ) -> Result<DeleteEmailAddressResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
         let owner = owner_of(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
-        let user = self.state.users.update_user(&owner.id, Box::new(move |r| r.user.remove_email(&id, now))).await?;
-        Ok(DeleteEmailAddressResponse { user: Some(convert::user(&user)) })
+        let user = self
+            .state
+            .users
+            .update_user(&owner.id, Box::new(move |r| r.user.remove_email(&id, now)))
+            .await?;
+        Ok(DeleteEmailAddressResponse {
+            user: Some(convert::user(&user)),
+        })
     }
 }
 
@@ -99,7 +127,10 @@ impl EmailAddressService for EmailAddresses {
         respond(self.create(request.into_inner()).await)
     }
 
-    async fn get_email_address(&self, request: Request<GetEmailAddressRequest>) -> Result<Response<GetEmailAddressResponse>, Status> {
+    async fn get_email_address(
+        &self,
+        request: Request<GetEmailAddressRequest>,
+    ) -> Result<Response<GetEmailAddressResponse>, Status> {
         respond(self.get(request.into_inner()).await)
     }
 

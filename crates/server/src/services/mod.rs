@@ -18,8 +18,16 @@ pub(crate) fn respond<T>(result: Result<T, ApiError>) -> Result<Response<T>, Sta
 }
 
 /// The user owning an email address or phone number, read fresh.
-pub(crate) async fn owner_of(state: &AppState, id: &IdentificationId, what: &'static str) -> Result<User, ApiError> {
+pub(crate) async fn owner_of(
+    state: &AppState,
+    id: &IdentificationId,
+    what: &'static str,
+) -> Result<User, ApiError> {
     let not_found = || ApiError::Domain(DomainError::not_found(what, id.as_str()));
-    let owner = state.users.find_identification_owner(id).await?.ok_or_else(not_found)?;
+    let owner = state
+        .users
+        .find_identification_owner(id)
+        .await?
+        .ok_or_else(not_found)?;
     state.users.get_user(&owner).await?.ok_or_else(not_found)
 }

@@ -4,8 +4,9 @@ use roster_domain::{DomainError, User};
 use roster_proto::convert;
 use roster_proto::v1::phone_number_service_server::PhoneNumberService;
 use roster_proto::v1::{
-    CreatePhoneNumberRequest, CreatePhoneNumberResponse, DeletePhoneNumberRequest, DeletePhoneNumberResponse,
-    GetPhoneNumberRequest, GetPhoneNumberResponse, PhoneNumber, UpdatePhoneNumberRequest, UpdatePhoneNumberResponse,
+    CreatePhoneNumberRequest, CreatePhoneNumberResponse, DeletePhoneNumberRequest,
+    DeletePhoneNumberResponse, GetPhoneNumberRequest, GetPhoneNumberResponse, PhoneNumber,
+    UpdatePhoneNumberRequest, UpdatePhoneNumberResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,7 +23,9 @@ pub struct PhoneNumbers {
 }
 
 fn shown(user: &User, id: &roster_domain::IdentificationId) -> Result<PhoneNumber, ApiError> {
-    let phone = user.phone(id).ok_or_else(|| DomainError::not_found(WHAT, id.as_str()))?;
+    let phone = user
+        .phone(id)
+        .ok_or_else(|| DomainError::not_found(WHAT, id.as_str()))?;
     Ok(convert::phone_number(user, phone))
 }
 
@@ -31,7 +34,10 @@ impl PhoneNumbers {
         Self { state }
     }
 
-    async fn create(&self, req: CreatePhoneNumberRequest) -> Result<CreatePhoneNumberResponse, ApiError> {
+    async fn create(
+        &self,
+        req: CreatePhoneNumberRequest,
+    ) -> Result<CreatePhoneNumberResponse, ApiError> {
         let (user_id, phone) = convert::create_phone_number(&req)?;
         let now = self.state.clock.now();
         let mut created = None;
@@ -41,24 +47,40 @@ impl PhoneNumbers {
             .update_user(
                 &user_id,
                 Box::new(|r| {
-                    created = Some(r.user.add_phone(phone, req.verified, req.primary, req.reserved_for_second_factor, now)?);
+                    created = Some(r.user.add_phone(
+                        phone,
+                        req.verified,
+                        req.primary,
+                        req.reserved_for_second_factor,
+                        now,
+                    )?);
                     Ok(())
                 }),
             )
             .await?;
         let id = created.ok_or(ApiError::Internal("created phone number has no id"))?;
-        Ok(CreatePhoneNumberResponse { phone_number: Some(shown(&user, &id)?) })
+        Ok(CreatePhoneNumberResponse {
+            phone_number: Some(shown(&user, &id)?),
+        })
     }
 
     async fn get(&self, req: GetPhoneNumberRequest) -> Result<GetPhoneNumberResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
         let user = owner_of(&self.state, &id, WHAT).await?;
-        Ok(GetPhoneNumberResponse { phone_number: Some(shown(&user, &id)?) })
+        Ok(GetPhoneNumberResponse {
+            phone_number: Some(shown(&user, &id)?),
+        })
     }
 
-    async fn update(&self, req: UpdatePhoneNumberRequest) -> Result<UpdatePhoneNumberResponse, ApiError> {
-        let (id, paths) =
-            convert::identifier_update(&req.id, req.update_mask.as_ref(), &["verified", "primary", "reserved_for_second_factor"])?;
+    async fn update(
+        &self,
+        req: UpdatePhoneNumberRequest,
+    ) -> Result<UpdatePhoneNumberResponse, ApiError> {
+        let (id, paths) = convert::identifier_update(
+            &req.id,
+            req.update_mask.as_ref(),
+            &["verified", "primary", "reserved_for_second_factor"],
+        )?;
         let owner = owner_of(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let target = id.clone();
@@ -75,7 +97,8 @@ impl PhoneNumbers {
                         r.user.set_phone_verified(&target, true, now)?;
                     }
                     if has("reserved_for_second_factor") {
-                        r.user.set_phone_reserved(&target, req.reserved_for_second_factor, now)?;
+                        r.user
+                            .set_phone_reserved(&target, req.reserved_for_second_factor, now)?;
                     }
                     if has("primary") {
                         r.user.set_phone_primary_flag(&target, req.primary, now)?;
@@ -87,15 +110,26 @@ impl PhoneNumbers {
                 }),
             )
             .await?;
-        Ok(UpdatePhoneNumberResponse { phone_number: Some(shown(&user, &id)?) })
+        Ok(UpdatePhoneNumberResponse {
+            phone_number: Some(shown(&user, &id)?),
+        })
     }
 
-    async fn delete(&self, req: DeletePhoneNumberRequest) -> Result<DeletePhoneNumberResponse, ApiError> {
+    async fn delete(
+        &self,
+        req: DeletePhoneNumberRequest,
+    ) -> Result<DeletePhoneNumberResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
         let owner = owner_of(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
-        let user = self.state.users.update_user(&owner.id, Box::new(move |r| r.user.remove_phone(&id, now))).await?;
-        Ok(DeletePhoneNumberResponse { user: Some(convert::user(&user)) })
+        let user = self
+            .state
+            .users
+            .update_user(&owner.id, Box::new(move |r| r.user.remove_phone(&id, now)))
+            .await?;
+        Ok(DeletePhoneNumberResponse {
+            user: Some(convert::user(&user)),
+        })
     }
 }
 
@@ -108,7 +142,10 @@ impl PhoneNumberService for PhoneNumbers {
         respond(self.create(request.into_inner()).await)
     }
 
-    async fn get_phone_number(&self, request: Request<GetPhoneNumberRequest>) -> Result<Response<GetPhoneNumberResponse>, Status> {
+    async fn get_phone_number(
+        &self,
+        request: Request<GetPhoneNumberRequest>,
+    ) -> Result<Response<GetPhoneNumberResponse>, Status> {
         respond(self.get(request.into_inner()).await)
     }
 

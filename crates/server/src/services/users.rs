@@ -4,10 +4,11 @@ use roster_domain::{DomainError, User, UserRecord, reason};
 use roster_proto::convert;
 use roster_proto::v1::user_service_server::UserService;
 use roster_proto::v1::{
-    BanUserRequest, BanUserResponse, CountUsersRequest, CountUsersResponse, CreateUserRequest, CreateUserResponse,
-    DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
-    LockUserRequest, LockUserResponse, UnbanUserRequest, UnbanUserResponse, UnlockUserRequest, UnlockUserResponse,
-    UpdateUserMetadataRequest, UpdateUserMetadataResponse, UpdateUserRequest, UpdateUserResponse, VerifyPasswordRequest,
+    BanUserRequest, BanUserResponse, CountUsersRequest, CountUsersResponse, CreateUserRequest,
+    CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse,
+    ListUsersRequest, ListUsersResponse, LockUserRequest, LockUserResponse, UnbanUserRequest,
+    UnbanUserResponse, UnlockUserRequest, UnlockUserResponse, UpdateUserMetadataRequest,
+    UpdateUserMetadataResponse, UpdateUserRequest, UpdateUserResponse, VerifyPasswordRequest,
     VerifyPasswordResponse,
 };
 use roster_storage::{ListQuery, list_page};
@@ -42,23 +43,36 @@ impl Users {
         let record = UserRecord::new(user, hash);
         self.state.users.insert_user(&record).await?;
         tracing::info!(user_id = %record.user.id, "user created");
-        Ok(CreateUserResponse { user: Some(convert::user(&record.user)) })
+        Ok(CreateUserResponse {
+            user: Some(convert::user(&record.user)),
+        })
     }
 
     async fn get(&self, req: GetUserRequest) -> Result<GetUserResponse, ApiError> {
         let id = convert::user_id("id", &req.id)?;
-        let user = self.state.users.get_user(&id).await?.ok_or_else(|| DomainError::not_found("user", req.id))?;
-        Ok(GetUserResponse { user: Some(convert::user(&user)) })
+        let user = self
+            .state
+            .users
+            .get_user(&id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", req.id))?;
+        Ok(GetUserResponse {
+            user: Some(convert::user(&user)),
+        })
     }
 
     async fn list(&self, req: ListUsersRequest) -> Result<ListUsersResponse, ApiError> {
         let filter = convert::user_filter(req.filter)?;
         let order = convert::order_by(&req.order_by)?;
-        let query = ListQuery::new(filter, order, req.page_size, &req.page_token).map_err(|violations| {
-            let mut v = roster_domain::Violations::new();
-            violations.into_iter().for_each(|x| v.push(x));
-            DomainError::Invalid(v)
-        })?;
+        let query = ListQuery::new(filter, order, req.page_size, &req.page_token).map_err(
+            |violations| {
+                let mut v = roster_domain::Violations::new();
+                for violation in violations {
+                    v.push(violation);
+                }
+                DomainError::Invalid(v)
+            },
+        )?;
         let page = list_page(self.state.users.as_ref(), query).await?;
         Ok(ListUsersResponse {
             users: page.users.iter().map(convert::user).collect(),
@@ -69,7 +83,9 @@ impl Users {
     async fn count(&self, req: CountUsersRequest) -> Result<CountUsersResponse, ApiError> {
         let filter = convert::user_filter(req.filter)?;
         let count = self.state.users.count_users(&filter).await?;
-        Ok(CountUsersResponse { total_count: i64::try_from(count).unwrap_or(i64::MAX) })
+        Ok(CountUsersResponse {
+            total_count: i64::try_from(count).unwrap_or(i64::MAX),
+        })
     }
 
     async fn update(&self, req: UpdateUserRequest) -> Result<UpdateUserResponse, ApiError> {
@@ -94,12 +110,19 @@ impl Users {
                 }),
             )
             .await?;
-        Ok(UpdateUserResponse { user: Some(convert::user(&user)) })
+        Ok(UpdateUserResponse {
+            user: Some(convert::user(&user)),
+        })
     }
 
     async fn delete(&self, req: DeleteUserRequest) -> Result<DeleteUserResponse, ApiError> {
         let id = convert::user_id("id", &req.id)?;
-        let user = self.state.users.delete_user(&id).await?.ok_or_else(|| DomainError::not_found("user", req.id))?;
+        let user = self
+            .state
+            .users
+            .delete_user(&id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", req.id))?;
         tracing::info!(user_id = %user.id, "user deleted");
         Ok(DeleteUserResponse {
             id: user.id.to_string(),
@@ -107,15 +130,28 @@ impl Users {
         })
     }
 
-    async fn update_metadata(&self, req: UpdateUserMetadataRequest) -> Result<UpdateUserMetadataResponse, ApiError> {
+    async fn update_metadata(
+        &self,
+        req: UpdateUserMetadataRequest,
+    ) -> Result<UpdateUserMetadataResponse, ApiError> {
         let (id, patches) = convert::update_user_metadata(req)?;
         let now = self.state.clock.now();
-        let user = self.state.users.update_user(&id, Box::new(move |r| r.user.merge_metadata(patches, now))).await?;
-        Ok(UpdateUserMetadataResponse { user: Some(convert::user(&user)) })
+        let user = self
+            .state
+            .users
+            .update_user(&id, Box::new(move |r| r.user.merge_metadata(patches, now)))
+            .await?;
+        Ok(UpdateUserMetadataResponse {
+            user: Some(convert::user(&user)),
+        })
     }
 
     /// Applies a flag change (ban, lock) and returns the user.
-    async fn set_flag(&self, user_id: &str, change: fn(&mut User, roster_domain::Timestamp)) -> Result<roster_proto::v1::User, ApiError> {
+    async fn set_flag(
+        &self,
+        user_id: &str,
+        change: fn(&mut User, roster_domain::Timestamp),
+    ) -> Result<roster_proto::v1::User, ApiError> {
         let id = convert::user_id("user_id", user_id)?;
         let now = self.state.clock.now();
         let user = self
@@ -132,10 +168,18 @@ impl Users {
         Ok(convert::user(&user))
     }
 
-    async fn verify_password(&self, req: VerifyPasswordRequest) -> Result<VerifyPasswordResponse, ApiError> {
+    async fn verify_password(
+        &self,
+        req: VerifyPasswordRequest,
+    ) -> Result<VerifyPasswordResponse, ApiError> {
         let id = convert::user_id("user_id", &req.user_id)?;
         if req.password.is_empty() {
-            return Err(DomainError::invalid("password", reason::FORM_PARAM_MISSING, "password is required").into());
+            return Err(DomainError::invalid(
+                "password",
+                reason::FORM_PARAM_MISSING,
+                "password is required",
+            )
+            .into());
         }
         if req.password.len() > MAX_CANDIDATE_BYTES {
             return Err(DomainError::invalid(
@@ -145,11 +189,15 @@ impl Users {
             )
             .into());
         }
-        let record = self.state.users.get_record(&id).await?.ok_or_else(|| DomainError::not_found("user", req.user_id))?;
-        let hash = record
-            .password_hash()
-            .cloned()
-            .ok_or_else(|| DomainError::precondition(reason::PASSWORD_NOT_SET, "the user has no password"))?;
+        let record = self
+            .state
+            .users
+            .get_record(&id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", req.user_id))?;
+        let hash = record.password_hash().cloned().ok_or_else(|| {
+            DomainError::precondition(reason::PASSWORD_NOT_SET, "the user has no password")
+        })?;
         let verified = self.state.hasher.verify(hash, req.password).await?;
         Ok(VerifyPasswordResponse { verified })
     }
@@ -157,27 +205,45 @@ impl Users {
 
 #[tonic::async_trait]
 impl UserService for Users {
-    async fn create_user(&self, request: Request<CreateUserRequest>) -> Result<Response<CreateUserResponse>, Status> {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
         respond(self.create(request.into_inner()).await)
     }
 
-    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
         respond(self.get(request.into_inner()).await)
     }
 
-    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
         respond(self.list(request.into_inner()).await)
     }
 
-    async fn count_users(&self, request: Request<CountUsersRequest>) -> Result<Response<CountUsersResponse>, Status> {
+    async fn count_users(
+        &self,
+        request: Request<CountUsersRequest>,
+    ) -> Result<Response<CountUsersResponse>, Status> {
         respond(self.count(request.into_inner()).await)
     }
 
-    async fn update_user(&self, request: Request<UpdateUserRequest>) -> Result<Response<UpdateUserResponse>, Status> {
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
         respond(self.update(request.into_inner()).await)
     }
 
-    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
         respond(self.delete(request.into_inner()).await)
     }
 
@@ -188,27 +254,58 @@ impl UserService for Users {
         respond(self.update_metadata(request.into_inner()).await)
     }
 
-    async fn ban_user(&self, request: Request<BanUserRequest>) -> Result<Response<BanUserResponse>, Status> {
-        let user = self.set_flag(&request.into_inner().user_id, |u, now| u.set_banned(true, now)).await;
+    async fn ban_user(
+        &self,
+        request: Request<BanUserRequest>,
+    ) -> Result<Response<BanUserResponse>, Status> {
+        let user = self
+            .set_flag(&request.into_inner().user_id, |u, now| {
+                u.set_banned(true, now);
+            })
+            .await;
         respond(user.map(|u| BanUserResponse { user: Some(u) }))
     }
 
-    async fn unban_user(&self, request: Request<UnbanUserRequest>) -> Result<Response<UnbanUserResponse>, Status> {
-        let user = self.set_flag(&request.into_inner().user_id, |u, now| u.set_banned(false, now)).await;
+    async fn unban_user(
+        &self,
+        request: Request<UnbanUserRequest>,
+    ) -> Result<Response<UnbanUserResponse>, Status> {
+        let user = self
+            .set_flag(&request.into_inner().user_id, |u, now| {
+                u.set_banned(false, now);
+            })
+            .await;
         respond(user.map(|u| UnbanUserResponse { user: Some(u) }))
     }
 
-    async fn lock_user(&self, request: Request<LockUserRequest>) -> Result<Response<LockUserResponse>, Status> {
-        let user = self.set_flag(&request.into_inner().user_id, |u, now| u.set_locked(true, now)).await;
+    async fn lock_user(
+        &self,
+        request: Request<LockUserRequest>,
+    ) -> Result<Response<LockUserResponse>, Status> {
+        let user = self
+            .set_flag(&request.into_inner().user_id, |u, now| {
+                u.set_locked(true, now);
+            })
+            .await;
         respond(user.map(|u| LockUserResponse { user: Some(u) }))
     }
 
-    async fn unlock_user(&self, request: Request<UnlockUserRequest>) -> Result<Response<UnlockUserResponse>, Status> {
-        let user = self.set_flag(&request.into_inner().user_id, |u, now| u.set_locked(false, now)).await;
+    async fn unlock_user(
+        &self,
+        request: Request<UnlockUserRequest>,
+    ) -> Result<Response<UnlockUserResponse>, Status> {
+        let user = self
+            .set_flag(&request.into_inner().user_id, |u, now| {
+                u.set_locked(false, now);
+            })
+            .await;
         respond(user.map(|u| UnlockUserResponse { user: Some(u) }))
     }
 
-    async fn verify_password(&self, request: Request<VerifyPasswordRequest>) -> Result<Response<VerifyPasswordResponse>, Status> {
+    async fn verify_password(
+        &self,
+        request: Request<VerifyPasswordRequest>,
+    ) -> Result<Response<VerifyPasswordResponse>, Status> {
         respond(self.verify_password(request.into_inner()).await)
     }
 }

@@ -1,0 +1,108 @@
+"""Fixtures: Python stubs generated from proto/roster/v1, and the real
+`roster` binary serving on an ephemeral loopback port against SQLite and
+PostgreSQL."""
+
+import json
+import os
+import pathlib
+import secrets
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROSTER_BIN = os.environ.get("ROSTER_BIN", str(ROOT / "target" / "debug" / "roster"))
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    """Generates the roster.v1 Python package with grpcio-tools."""
+    from grpc_tools import protoc
+    import grpc_tools
+
+    out = tmp_path_factory.mktemp("gen")
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
+    args = [
+        "protoc",
+        f"-I{ROOT / 'proto'}",
+        f"-I{ROOT / 'third_party'}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
+    assert protoc.main(args) == 0, "protoc failed"
+    sys.path.insert(0, str(out))
+    from roster.v1 import (  # noqa: E402
+        email_address_service_pb2,
+        email_address_service_pb2_grpc,
+        user_pb2,
+        user_service_pb2,
+        user_service_pb2_grpc,
+    )
+
+    return {
+        "user": user_pb2,
+        "users": user_service_pb2,
+        "users_grpc": user_service_pb2_grpc,
+        "emails": email_address_service_pb2,
+        "emails_grpc": email_address_service_pb2_grpc,
+    }
+
+
+def _database_url(backend, data_dir):
+    if backend == "sqlite":
+        return f"sqlite://{data_dir}/roster.db"
+    admin = os.environ.get("ROSTER_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.fail("ROSTER_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
+    name = "roster_py_" + secrets.token_hex(6)
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+class Server:
+    def __init__(self, backend):
+        self.dir = tempfile.TemporaryDirectory()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "ROSTER_LOG_FORMAT": "json",
+            "ROSTER_DATABASE_URL": _database_url(backend, self.dir.name),
+        }
+        self.process = subprocess.Popen(
+            [ROSTER_BIN, "serve", "--grpc-addr", "127.0.0.1:0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        seen = []
+        for line in self.process.stderr:
+            seen.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("message") == "serving gRPC":
+                self.address = event["addr"]
+                break
+        else:
+            raise RuntimeError("roster exited before serving:\n" + "".join(seen))
+
+    def stop(self):
+        self.process.terminate()
+        assert self.process.wait(timeout=30) == 0
+        self.dir.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request):
+    if not os.path.exists(ROSTER_BIN):
+        pytest.fail(f"{ROSTER_BIN} does not exist: build it with `cargo build -p roster-server`")
+    s = Server(request.param)
+    yield s
+    s.stop()
