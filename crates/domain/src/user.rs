@@ -216,6 +216,22 @@ pub struct NewUser {
     pub unsafe_metadata: Metadata,
 }
 
+/// A creation time and id for a new identifier that sorts after every one
+/// in `existing` (lists are ordered by `(created_at, id)`). When the newest
+/// was made in this same millisecond (or the clock stepped back), the new
+/// one is dated a millisecond after it: its id then has a later time prefix
+/// and keeps all its random bits.
+fn next_slot(
+    existing: impl Iterator<Item = Timestamp>,
+    now: Timestamp,
+) -> (Timestamp, IdentificationId) {
+    let at = match existing.max() {
+        Some(newest) if newest >= now => newest.plus_millis(1),
+        _ => now,
+    };
+    (at, IdentificationId::generate(at))
+}
+
 fn not_found(what: &'static str, id: &IdentificationId) -> DomainError {
     DomainError::not_found(what, id.as_str())
 }
@@ -556,16 +572,14 @@ impl User {
                 "only a verified email address can be primary",
             ));
         }
-        let id = IdentificationId::generate(now);
+        let (created_at, id) = next_slot(self.email_addresses.iter().map(|e| e.created_at), now);
         self.email_addresses.push(EmailAddress {
             id: id.clone(),
             email,
             verification: Verification::from_flag(verified),
-            created_at: now,
+            created_at,
             updated_at: now,
         });
-        self.email_addresses
-            .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         if primary {
             self.primary_email_address_id = Some(id.clone());
         }
@@ -601,18 +615,16 @@ impl User {
                 "only a verified phone number can be a second factor",
             ));
         }
-        let id = IdentificationId::generate(now);
+        let (created_at, id) = next_slot(self.phone_numbers.iter().map(|p| p.created_at), now);
         self.phone_numbers.push(PhoneNumber {
             id: id.clone(),
             phone,
             verification: Verification::from_flag(verified),
             reserved_for_second_factor,
             default_second_factor: false,
-            created_at: now,
+            created_at,
             updated_at: now,
         });
-        self.phone_numbers
-            .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         if primary {
             self.primary_phone_number_id = Some(id.clone());
         }
@@ -1077,7 +1089,15 @@ mod tests {
             reason_of(u.set_phone_reserved(&unverified, true, T0).unwrap_err()),
             reason::SECOND_FACTOR_NOT_VERIFIED
         );
-        let (a, b) = (u.phone_numbers[0].id.clone(), u.phone_numbers[1].id.clone());
+        let id_of = |u: &User, number: &str| {
+            u.phone_numbers
+                .iter()
+                .find(|p| p.phone.as_str() == number)
+                .unwrap()
+                .id
+                .clone()
+        };
+        let (a, b) = (id_of(&u, "+14155550101"), id_of(&u, "+14155550102"));
         u.set_phone_reserved(&b, true, T0).unwrap();
         u.set_phone_reserved(&a, true, T0).unwrap();
         assert!(u.phone(&b).unwrap().default_second_factor);
@@ -1106,6 +1126,42 @@ mod tests {
             .unwrap_err();
         assert_eq!(reason_of(err), reason::METADATA_TOO_LARGE);
         assert_eq!(u, before);
+    }
+
+    #[test]
+    fn identifiers_added_in_the_same_millisecond_keep_their_order() {
+        let mut u = user(&["a@example.com"], &["+14155550101"], true);
+        for i in 0..20 {
+            u.add_email(email(&format!("e{i}@example.com")), true, false, T0)
+                .unwrap();
+            u.add_phone(
+                phone(&format!("+1415555{:04}", 110 + i)),
+                true,
+                false,
+                false,
+                T0,
+            )
+            .unwrap();
+        }
+        let emails: Vec<&str> = u.email_addresses.iter().map(|e| e.email.as_str()).collect();
+        let expected: Vec<String> = std::iter::once("a@example.com".to_owned())
+            .chain((0..20).map(|i| format!("e{i}@example.com")))
+            .collect();
+        assert_eq!(emails, expected);
+        let sorted =
+            |keys: Vec<(Timestamp, IdentificationId)>| keys.windows(2).all(|w| w[0] < w[1]);
+        assert!(sorted(
+            u.email_addresses
+                .iter()
+                .map(|e| (e.created_at, e.id.clone()))
+                .collect()
+        ));
+        assert!(sorted(
+            u.phone_numbers
+                .iter()
+                .map(|p| (p.created_at, p.id.clone()))
+                .collect()
+        ));
     }
 
     #[test]
