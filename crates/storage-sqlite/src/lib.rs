@@ -4,19 +4,20 @@
 //! SQLite has one writer at a time. Writes start with `BEGIN IMMEDIATE` so
 //! a transaction takes the write lock before it reads: two mutations of one
 //! user then apply one after the other instead of failing to upgrade a read
-//! lock. Statements and transaction bodies come from `roster_storage`'s
-//! `sql` and `exec` modules, shared with the PostgreSQL store; this crate
-//! binds values, decodes rows and maps errors.
+//! lock. This crate opens connections and transactions, binds values,
+//! decodes rows and maps errors ([`SqlDatabase`], [`SqlConn`]); the
+//! `UserStore` itself, and its SQL, are `roster_storage`'s, shared with the
+//! PostgreSQL store.
 
+use std::ops::DerefMut;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
-use roster_storage::exec::{self, SqlConn};
+use roster_storage::StorageError;
+use roster_storage::exec::{SqlConn, SqlDatabase, SqlTransaction};
 use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
-use roster_storage::sql::{self, Bind, Dialect, Statement};
-use roster_storage::{ListQuery, Mutation, StorageError, UserFilter, UserStore};
+use roster_storage::sql::{Bind, Dialect, Statement};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -133,9 +134,9 @@ fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
 }
 
 /// A SQLite connection or transaction, as [`SqlConn`].
-struct Conn<'c>(&'c mut SqliteConnection);
+struct Conn<C>(C);
 
-impl Conn<'_> {
+impl<C: DerefMut<Target = SqliteConnection> + Send> Conn<C> {
     async fn fetch<T>(
         &mut self,
         statement: Statement,
@@ -153,7 +154,7 @@ impl Conn<'_> {
 }
 
 #[async_trait]
-impl SqlConn for Conn<'_> {
+impl<C: DerefMut<Target = SqliteConnection> + Send> SqlConn for Conn<C> {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
@@ -176,6 +177,27 @@ impl SqlConn for Conn<'_> {
 
     async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError> {
         self.fetch(statement, phone_row).await
+    }
+
+    async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError> {
+        self.fetch(statement, |row| row.try_get(0)).await
+    }
+
+    async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {
+        let counts = self
+            .fetch(statement, |row| row.try_get::<i64, _>(0))
+            .await?;
+        counts
+            .first()
+            .copied()
+            .ok_or_else(|| StorageError::internal("count returned no row"))
+    }
+}
+
+#[async_trait]
+impl SqlTransaction for Conn<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        self.0.commit().await.map_err(map_error)
     }
 }
 
@@ -213,95 +235,22 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_error)
-    }
-
-    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StorageError> {
-        self.pool.acquire().await.map_err(map_error)
-    }
 }
 
 #[async_trait]
-impl UserStore for SqliteStore {
-    async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
-        let mut tx = self.begin_write().await?;
-        exec::insert_user(&mut Conn(&mut tx), record).await?;
-        tx.commit().await.map_err(map_error)
+impl SqlDatabase for SqliteStore {
+    async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
+        Ok(Box::new(Conn(
+            self.pool.acquire().await.map_err(map_error)?,
+        )))
     }
 
-    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
-        Ok(self.get_record(id).await?.map(|r| r.user))
-    }
-
-    async fn get_record(&self, id: &UserId) -> Result<Option<UserRecord>, StorageError> {
-        exec::load_record(&mut Conn(&mut *self.acquire().await?), id, false).await
-    }
-
-    async fn update_user(&self, id: &UserId, mutation: Mutation<'_>) -> Result<User, StorageError> {
-        let mut tx = self.begin_write().await?;
-        let mut record = exec::load_record(&mut Conn(&mut tx), id, true)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user", id.as_str()))?;
-        let old = record.user.clone();
-        mutation(&mut record)?;
-        exec::write_changes(&mut Conn(&mut tx), &old, &record).await?;
-        tx.commit().await.map_err(map_error)?;
-        Ok(record.user)
-    }
-
-    async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
-        let mut tx = self.begin_write().await?;
-        let Some(record) = exec::load_record(&mut Conn(&mut tx), id, true).await? else {
-            return Ok(None);
-        };
-        exec::delete_user(&mut Conn(&mut tx), id).await?;
-        tx.commit().await.map_err(map_error)?;
-        Ok(Some(record.user))
-    }
-
-    async fn find_identification_owner(
-        &self,
-        id: &IdentificationId,
-    ) -> Result<Option<UserId>, StorageError> {
-        let statement = sql::identification_owner(id.as_str(), Dialect::Sqlite);
-        let owner: Option<String> =
-            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-                .fetch_optional(&self.pool)
+    async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
+        Ok(Box::new(Conn(
+            self.pool
+                .begin_with("BEGIN IMMEDIATE")
                 .await
-                .map_err(map_error)?;
-        owner
-            .map(|o| {
-                UserId::parse(&o).map_err(|_| {
-                    StorageError::internal(format!("stored user id is invalid: {o:?}"))
-                })
-            })
-            .transpose()
-    }
-
-    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
-        exec::list_users(&mut Conn(&mut *self.acquire().await?), query).await
-    }
-
-    async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
-        let statement = sql::count_users(filter, Dialect::Sqlite);
-        let count: i64 =
-            sqlx::query_scalar_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(map_error)?;
-        Ok(u64::try_from(count).unwrap_or(0))
-    }
-
-    async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(map_error)?;
-        Ok(())
+                .map_err(map_error)?,
+        )))
     }
 }

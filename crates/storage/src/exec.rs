@@ -1,18 +1,21 @@
-//! What an SQL backend runs inside its transactions, written once over
-//! [`SqlConn`]: loading records without N+1 queries, inserting a user, and
-//! writing back the difference a mutation made.
+//! The [`UserStore`] of every SQL backend, written once.
 //!
-//! A backend implements [`SqlConn`] for its connection type (binding
-//! [`Bind`] values and decoding rows) and owns the transaction boundaries.
+//! A backend implements [`SqlConn`] for its connections (binding
+//! [`crate::sql::Bind`] values and decoding rows) and [`SqlDatabase`]
+//! (opening connections and write transactions); the blanket
+//! `impl UserStore for D: SqlDatabase` here does the rest: loading records
+//! without N+1 queries, inserting users, applying mutations inside one
+//! locked transaction and writing back only what changed.
 
 use async_trait::async_trait;
-use roster_domain::{User, UserId, UserRecord};
+use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
 
-use crate::StorageError;
+use crate::query::ListQuery;
 use crate::rows::{self, EMAIL_COLUMNS, EmailRow, PHONE_COLUMNS, PhoneRow, UserRow};
 use crate::sql::{
     self, Dialect, EMAIL_WRITE_COLUMNS, PHONE_WRITE_COLUMNS, Statement, USER_WRITE_COLUMNS,
 };
+use crate::{Mutation, StorageError, UserFilter, UserStore};
 
 /// A database connection (or open transaction) of one backend.
 #[async_trait]
@@ -27,10 +30,30 @@ pub trait SqlConn: Send {
     async fn fetch_emails(&mut self, statement: Statement) -> Result<Vec<EmailRow>, StorageError>;
     /// Runs a `SELECT` of [`PHONE_COLUMNS`].
     async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError>;
+    /// Runs a `SELECT` of one text column.
+    async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError>;
+    /// Runs a `SELECT count(*)`.
+    async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError>;
+}
+
+/// An open write transaction; dropping it without committing rolls back.
+#[async_trait]
+pub trait SqlTransaction: SqlConn {
+    async fn commit(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// A database of one SQL backend.
+#[async_trait]
+pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
+    /// A pooled connection, for reads.
+    async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError>;
+    /// A write transaction. Reads of a user inside it with `lock` set keep
+    /// other writers of that user out until it ends.
+    async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError>;
 }
 
 /// Loads full records for user rows: two more queries however many users.
-pub async fn load_records(
+async fn load_records(
     conn: &mut dyn SqlConn,
     user_rows: Vec<UserRow>,
 ) -> Result<Vec<UserRecord>, StorageError> {
@@ -59,7 +82,7 @@ pub async fn load_records(
 }
 
 /// Loads one record; `lock` takes a row lock where the dialect has them.
-pub async fn load_record(
+async fn load_record(
     conn: &mut dyn SqlConn,
     id: &UserId,
     lock: bool,
@@ -71,10 +94,7 @@ pub async fn load_record(
 }
 
 /// Loads a page of users.
-pub async fn list_users(
-    conn: &mut dyn SqlConn,
-    query: &crate::ListQuery,
-) -> Result<Vec<User>, StorageError> {
+async fn list_users(conn: &mut dyn SqlConn, query: &ListQuery) -> Result<Vec<User>, StorageError> {
     let users = conn
         .fetch_users(sql::list_users(query, conn.dialect()))
         .await?;
@@ -86,7 +106,7 @@ pub async fn list_users(
 }
 
 /// Inserts a user row and its identifiers.
-pub async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), StorageError> {
+async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), StorageError> {
     let dialect = conn.dialect();
     let user = &record.user;
     let row = UserRow::from_record(record);
@@ -121,7 +141,7 @@ pub async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<
 }
 
 /// Writes the difference between the stored user and the mutated record.
-pub async fn write_changes(
+async fn write_changes(
     conn: &mut dyn SqlConn,
     old: &User,
     new: &UserRecord,
@@ -200,8 +220,88 @@ pub async fn write_changes(
 }
 
 /// Deletes a user; identifiers go with it (`ON DELETE CASCADE`).
-pub async fn delete_user(conn: &mut dyn SqlConn, id: &UserId) -> Result<(), StorageError> {
+async fn delete_user(conn: &mut dyn SqlConn, id: &UserId) -> Result<(), StorageError> {
     conn.execute(sql::delete_user(id.as_str(), conn.dialect()))
         .await?;
     Ok(())
+}
+
+#[async_trait]
+impl<D: SqlDatabase> UserStore for D {
+    async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        insert_user(tx.as_mut(), record).await?;
+        tx.commit().await
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
+        Ok(self.get_record(id).await?.map(|r| r.user))
+    }
+
+    async fn get_record(&self, id: &UserId) -> Result<Option<UserRecord>, StorageError> {
+        load_record(self.connection().await?.as_mut(), id, false).await
+    }
+
+    async fn update_user(&self, id: &UserId, mutation: Mutation<'_>) -> Result<User, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let mut record = load_record(tx.as_mut(), id, true)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user", id.as_str()))?;
+        let old = record.user.clone();
+        mutation(&mut record)?;
+        write_changes(tx.as_mut(), &old, &record).await?;
+        tx.commit().await?;
+        Ok(record.user)
+    }
+
+    async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let Some(record) = load_record(tx.as_mut(), id, true).await? else {
+            return Ok(None);
+        };
+        delete_user(tx.as_mut(), id).await?;
+        tx.commit().await?;
+        Ok(Some(record.user))
+    }
+
+    async fn find_identification_owner(
+        &self,
+        id: &IdentificationId,
+    ) -> Result<Option<UserId>, StorageError> {
+        let mut conn = self.connection().await?;
+        let owners = conn
+            .fetch_texts(sql::identification_owner(id.as_str(), conn.dialect()))
+            .await?;
+        owners
+            .first()
+            .map(|o| {
+                UserId::parse(o).map_err(|_| {
+                    StorageError::internal(format!("stored user id is invalid: {o:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
+        list_users(self.connection().await?.as_mut(), query).await
+    }
+
+    async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
+        let mut conn = self.connection().await?;
+        let count = conn
+            .fetch_count(sql::count_users(filter, conn.dialect()))
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.connection()
+            .await?
+            .fetch_count(Statement {
+                sql: "SELECT 1".to_owned(),
+                binds: Vec::new(),
+            })
+            .await?;
+        Ok(())
+    }
 }

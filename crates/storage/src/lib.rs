@@ -7,8 +7,8 @@
 //!   addresses and phone numbers).
 //! - [`StorageError`]: conflicts, domain refusals, unavailability.
 //! - [`query`]: list filters, orderings, keyset cursors and page tokens.
-//! - [`exec`]: what SQL backends run in their transactions, over a
-//!   small connection trait.
+//! - [`exec`]: the `UserStore` of every SQL backend, over two small traits
+//!   a backend implements (connections and transactions).
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
 //! - [`sql`]: SQL text for listing and counting, shared by the PostgreSQL
