@@ -27,6 +27,8 @@ CREATE TABLE users (
     created_at               BIGINT  NOT NULL,
     updated_at               BIGINT  NOT NULL,
     last_sign_in_at          BIGINT,
+    -- What the `query` filter searches (see `User::search_text`).
+    search_text              TEXT    NOT NULL DEFAULT '',
     CONSTRAINT users_external_id_unique UNIQUE (external_id),
     CONSTRAINT users_username_unique UNIQUE (username_normalized)
 );
@@ -40,6 +42,9 @@ CREATE INDEX users_username_sort ON users ((COALESCE(username_normalized, '')), 
 CREATE INDEX users_first_name ON users (first_name, id);
 CREATE INDEX users_last_name ON users (last_name, id);
 CREATE INDEX users_banned ON users (banned, created_at);
+-- Substring search: a trigram index answers `search_text LIKE '%…%'`.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX users_search ON users USING gin (search_text gin_trgm_ops);
 
 CREATE TABLE email_addresses (
     id                     TEXT COLLATE "C" NOT NULL PRIMARY KEY,

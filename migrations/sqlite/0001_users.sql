@@ -24,7 +24,9 @@ CREATE TABLE users (
     has_image                INTEGER NOT NULL DEFAULT 0,
     created_at               INTEGER NOT NULL,
     updated_at               INTEGER NOT NULL,
-    last_sign_in_at          INTEGER
+    last_sign_in_at          INTEGER,
+    -- What the `query` filter searches (see `User::search_text`).
+    search_text              TEXT    NOT NULL DEFAULT ''
 );
 
 CREATE UNIQUE INDEX users_external_id_unique ON users (external_id);
@@ -38,6 +40,25 @@ CREATE INDEX users_username_sort ON users (COALESCE(username_normalized, ''), id
 CREATE INDEX users_first_name ON users (first_name, id);
 CREATE INDEX users_last_name ON users (last_name, id);
 CREATE INDEX users_banned ON users (banned, created_at);
+
+-- Substring search: an FTS5 trigram index over search_text, kept in step
+-- with the users table by triggers.
+CREATE VIRTUAL TABLE users_search USING fts5(
+    search_text,
+    content = 'users',
+    content_rowid = 'rowid',
+    tokenize = 'trigram'
+);
+CREATE TRIGGER users_search_insert AFTER INSERT ON users BEGIN
+    INSERT INTO users_search (rowid, search_text) VALUES (new.rowid, new.search_text);
+END;
+CREATE TRIGGER users_search_delete AFTER DELETE ON users BEGIN
+    INSERT INTO users_search (users_search, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+END;
+CREATE TRIGGER users_search_update AFTER UPDATE OF search_text ON users BEGIN
+    INSERT INTO users_search (users_search, rowid, search_text) VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO users_search (rowid, search_text) VALUES (new.rowid, new.search_text);
+END;
 
 CREATE TABLE email_addresses (
     id                     TEXT    NOT NULL PRIMARY KEY,

@@ -350,6 +350,20 @@ impl User {
         Ok(user)
     }
 
+    /// What the `query` filter searches, lowercased: id, names, username,
+    /// external id, email addresses and phone numbers, one per line. Values
+    /// cannot contain line breaks, so a match never spans two of them.
+    pub fn search_text(&self) -> String {
+        let mut parts: Vec<String> = vec![self.id.to_string()];
+        parts.extend(self.first_name.iter().map(|n| n.as_str().to_lowercase()));
+        parts.extend(self.last_name.iter().map(|n| n.as_str().to_lowercase()));
+        parts.extend(self.username.iter().map(Username::normalized));
+        parts.extend(self.external_id.iter().map(|e| e.as_str().to_lowercase()));
+        parts.extend(self.email_addresses.iter().map(|e| e.email.normalized()));
+        parts.extend(self.phone_numbers.iter().map(|p| p.phone.to_string()));
+        parts.join("\n")
+    }
+
     /// Whether the user has a second factor.
     pub fn two_factor_enabled(&self) -> bool {
         self.phone_numbers

@@ -363,6 +363,13 @@ pub fn user_filter(filter: Option<v1::UserFilter>) -> Result<UserFilter, DomainE
         MAX_FILTER_VALUES,
     );
     let query = f.query.trim().to_lowercase();
+    if query.chars().any(char::is_control) {
+        v.push(FieldViolation::new(
+            "filter.query",
+            reason::FORM_PARAM_FORMAT_INVALID,
+            "query contains control characters",
+        ));
+    }
     if query.chars().count() > MAX_QUERY_CHARS {
         v.push(FieldViolation::new(
             "filter.query",

@@ -143,6 +143,7 @@ pub async fn create_and_get_round_trips(store: Arc<dyn UserStore>) {
 }
 
 pub async fn get_missing_is_none(store: Arc<dyn UserStore>) {
+    store.ping().await.unwrap();
     let id = UserId::generate(at(0));
     assert!(store.get_user(&id).await.unwrap().is_none());
     assert!(store.get_record(&id).await.unwrap().is_none());
@@ -288,6 +289,20 @@ pub async fn update_writes_what_changed(store: Arc<dyn UserStore>) {
             .password_hash(),
         Some(&hash)
     );
+    // Search follows the change.
+    let q = |text: &str| UserFilter {
+        query: Some(text.into()),
+        ..UserFilter::default()
+    };
+    assert_eq!(
+        ids(store.as_ref(), q("grace")).await,
+        HashSet::from([user.id.clone()])
+    );
+    assert_eq!(
+        ids(store.as_ref(), q("c@example")).await,
+        HashSet::from([user.id.clone()])
+    );
+    assert!(ids(store.as_ref(), q("a@example")).await.is_empty());
     // The removed address is free for another user.
     insert(store.as_ref(), &new_user(&["a@example.com"], &[], None, 11)).await;
     // Ordering by primary email follows the change.
@@ -465,11 +480,16 @@ pub async fn delete_removes_everything(store: Arc<dyn UserStore>) {
             .is_none()
     );
     // Every identifier is free again, and the other user is untouched.
-    insert(
-        store.as_ref(),
-        &new_user(&["a@example.com"], &["+14155550101"], Some("ada_l"), 2),
-    )
-    .await;
+    let again = new_user(&["a@example.com"], &["+14155550101"], Some("ada_l"), 2);
+    insert(store.as_ref(), &again).await;
+    let q = UserFilter {
+        query: Some("ada_l".into()),
+        ..UserFilter::default()
+    };
+    assert_eq!(
+        ids(store.as_ref(), q).await,
+        HashSet::from([again.id.clone()])
+    );
     assert_eq!(store.get_user(&keep.id).await.unwrap().unwrap(), keep);
 }
 

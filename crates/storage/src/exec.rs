@@ -295,13 +295,11 @@ impl<D: SqlDatabase> UserStore for D {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        self.connection()
-            .await?
-            .fetch_count(Statement {
-                sql: "SELECT 1".to_owned(),
-                binds: Vec::new(),
-            })
-            .await?;
+        let probe = Statement {
+            sql: "SELECT 1".to_owned(),
+            binds: Vec::new(),
+        };
+        self.connection().await?.execute(probe).await?;
         Ok(())
     }
 }

@@ -205,6 +205,7 @@ impl UserRow {
             Bind::Int(self.created_at),
             Bind::Int(self.updated_at),
             opt_int(self.last_sign_in_at),
+            Bind::Text(user.search_text()),
         ]
     }
 

@@ -50,7 +50,7 @@ pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, 
      u.banned, u.locked, u.has_image, u.created_at, u.updated_at, u.last_sign_in_at";
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order.
-pub const USER_WRITE_COLUMNS: [&str; 20] = [
+pub const USER_WRITE_COLUMNS: [&str; 21] = [
     "id",
     "external_id",
     "first_name",
@@ -71,6 +71,7 @@ pub const USER_WRITE_COLUMNS: [&str; 20] = [
     "created_at",
     "updated_at",
     "last_sign_in_at",
+    "search_text",
 ];
 
 /// Columns [`crate::rows::EmailRow::binds`] writes, in order.
@@ -222,30 +223,22 @@ fn push_filter(b: &mut Builder, filter: &UserFilter) {
         b.bind_list(texts(&filter.external_ids));
     }
     if let Some(query) = &filter.query {
-        let pattern = like_pattern(query);
-        let columns = [
-            "u.id",
-            "lower(u.first_name)",
-            "lower(u.last_name)",
-            "u.username_normalized",
-            "lower(u.external_id)",
-        ];
-        b.push(" AND (");
-        for (i, column) in columns.iter().enumerate() {
-            if i > 0 {
-                b.push(" OR ");
-            }
-            b.push(column);
-            b.push(" LIKE ");
-            b.bind(Bind::Text(pattern.clone()));
+        // `search_text` holds the searched fields, lowercased (see
+        // `User::search_text`). PostgreSQL answers the LIKE from a trigram
+        // index. SQLite narrows with its FTS5 trigram index when the query
+        // has a trigram to look up, and LIKE keeps the match exact.
+        if b.dialect == Dialect::Sqlite && query.chars().count() >= 3 {
+            b.push(" AND u.rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH ");
+            b.bind(Bind::Text(format!("\"{}\"", query.replace('"', "\"\""))));
+            b.push(")");
+        }
+        b.push(" AND u.search_text LIKE ");
+        b.bind(Bind::Text(like_pattern(query)));
+        // PostgreSQL's LIKE escapes with a backslash by default; SQLite's
+        // has no escape character unless told.
+        if b.dialect == Dialect::Sqlite {
             b.push(" ESCAPE '\\'");
         }
-        b.push(" OR EXISTS (SELECT 1 FROM email_addresses e WHERE e.user_id = u.id AND e.email_normalized LIKE ");
-        b.bind(Bind::Text(pattern.clone()));
-        b.push(" ESCAPE '\\')");
-        b.push(" OR EXISTS (SELECT 1 FROM phone_numbers p WHERE p.user_id = u.id AND p.phone_number LIKE ");
-        b.bind(Bind::Text(pattern));
-        b.push(" ESCAPE '\\'))");
     }
     if let Some(banned) = filter.banned {
         b.push(" AND u.banned = ");
@@ -475,6 +468,31 @@ mod tests {
             s.sql
                 .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3")
         );
+    }
+
+    #[test]
+    fn sqlite_narrows_queries_of_three_characters_with_its_trigram_index() {
+        let with = |q: &str| {
+            count_users(
+                &UserFilter {
+                    query: Some(q.into()),
+                    ..UserFilter::default()
+                },
+                Dialect::Sqlite,
+            )
+        };
+        let long = with("ab\"c");
+        assert!(long.sql.contains("users_search MATCH ?"), "{}", long.sql);
+        assert_eq!(long.binds[0], Bind::Text("\"ab\"\"c\"".into()));
+        assert!(!with("ab").sql.contains("MATCH"));
+        let pg = count_users(
+            &UserFilter {
+                query: Some("abc".into()),
+                ..UserFilter::default()
+            },
+            Dialect::Postgres,
+        );
+        assert!(pg.sql.ends_with("u.search_text LIKE $1"), "{}", pg.sql);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use roster_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{owner_of, respond};
+use super::{owner_id, owner_of, respond};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -75,14 +75,14 @@ impl EmailAddresses {
             req.update_mask.as_ref(),
             &["verified", "primary"],
         )?;
-        let owner = owner_of(&self.state, &id, WHAT).await?;
+        let owner = owner_id(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let target = id.clone();
         let user = self
             .state
             .users
             .update_user(
-                &owner.id,
+                &owner,
                 Box::new(move |r| {
                     // Verification first, so one call can verify and promote.
                     if paths.iter().any(|p| p == "verified") {
@@ -105,12 +105,12 @@ impl EmailAddresses {
         req: DeleteEmailAddressRequest,
     ) -> Result<DeleteEmailAddressResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
-        let owner = owner_of(&self.state, &id, WHAT).await?;
+        let owner = owner_id(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let user = self
             .state
             .users
-            .update_user(&owner.id, Box::new(move |r| r.user.remove_email(&id, now)))
+            .update_user(&owner, Box::new(move |r| r.user.remove_email(&id, now)))
             .await?;
         Ok(DeleteEmailAddressResponse {
             user: Some(convert::user(&user)),

@@ -6,7 +6,7 @@ pub mod email_addresses;
 pub mod phone_numbers;
 pub mod users;
 
-use roster_domain::{DomainError, IdentificationId, User};
+use roster_domain::{DomainError, IdentificationId, User, UserId};
 use tonic::{Response, Status};
 
 use crate::AppState;
@@ -17,17 +17,23 @@ pub(crate) fn respond<T>(result: Result<T, ApiError>) -> Result<Response<T>, Sta
     result.map(Response::new).map_err(Status::from)
 }
 
+/// The id of the user owning an email address or phone number.
+pub(crate) async fn owner_id(
+    state: &AppState,
+    id: &IdentificationId,
+    what: &'static str,
+) -> Result<UserId, ApiError> {
+    let owner = state.users.find_identification_owner(id).await?;
+    owner.ok_or_else(|| DomainError::not_found(what, id.as_str()).into())
+}
+
 /// The user owning an email address or phone number, read fresh.
 pub(crate) async fn owner_of(
     state: &AppState,
     id: &IdentificationId,
     what: &'static str,
 ) -> Result<User, ApiError> {
-    let not_found = || ApiError::Domain(DomainError::not_found(what, id.as_str()));
-    let owner = state
-        .users
-        .find_identification_owner(id)
-        .await?
-        .ok_or_else(not_found)?;
-    state.users.get_user(&owner).await?.ok_or_else(not_found)
+    let owner = owner_id(state, id, what).await?;
+    let user = state.users.get_user(&owner).await?;
+    user.ok_or_else(|| DomainError::not_found(what, id.as_str()).into())
 }

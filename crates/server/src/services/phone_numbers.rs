@@ -10,7 +10,7 @@ use roster_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{owner_of, respond};
+use super::{owner_id, owner_of, respond};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -81,14 +81,14 @@ impl PhoneNumbers {
             req.update_mask.as_ref(),
             &["verified", "primary", "reserved_for_second_factor"],
         )?;
-        let owner = owner_of(&self.state, &id, WHAT).await?;
+        let owner = owner_id(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let target = id.clone();
         let user = self
             .state
             .users
             .update_user(
-                &owner.id,
+                &owner,
                 Box::new(move |r| {
                     let has = |p: &str| paths.iter().any(|x| x == p);
                     // Verification first, so one call can verify and then
@@ -120,12 +120,12 @@ impl PhoneNumbers {
         req: DeletePhoneNumberRequest,
     ) -> Result<DeletePhoneNumberResponse, ApiError> {
         let id = convert::identification_id("id", &req.id)?;
-        let owner = owner_of(&self.state, &id, WHAT).await?;
+        let owner = owner_id(&self.state, &id, WHAT).await?;
         let now = self.state.clock.now();
         let user = self
             .state
             .users
-            .update_user(&owner.id, Box::new(move |r| r.user.remove_phone(&id, now)))
+            .update_user(&owner, Box::new(move |r| r.user.remove_phone(&id, now)))
             .await?;
         Ok(DeletePhoneNumberResponse {
             user: Some(convert::user(&user)),
