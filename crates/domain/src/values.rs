@@ -317,6 +317,35 @@ mod tests {
     }
 
     #[test]
+    fn parsers_never_panic_on_hostile_input() {
+        // A small xorshift generator keeps the inputs reproducible.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: Vec<char> = "+0123456789 ()-.#*xext=;@a\u{0}\u{feff}é\u{1F600}"
+            .chars()
+            .collect();
+        for _ in 0..20_000 {
+            let len = usize::try_from(next() % 40).unwrap();
+            let mut text: String = (0..len)
+                .map(|_| alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap()])
+                .collect();
+            // Half start like a phone number, to get past the first check.
+            if next() % 2 == 0 {
+                text.insert(0, '+');
+            }
+            let _ = Phone::parse(&text);
+            let _ = Email::parse(&text);
+            let _ = Username::parse(&text);
+            let _ = Locale::parse(&text);
+        }
+    }
+
+    #[test]
     fn username_rules() {
         assert!(Username::parse("ada_l.love-lace").is_ok());
         assert_eq!(
