@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use roster_client::{Client, ClientError};
-use roster_domain::SystemClock;
+use roster_domain::{Clock, CodeKey, CodePolicy, Timestamp};
 use roster_server::database::Database;
-use roster_server::{AppState, Hasher, SecretKeys, ServeOptions};
+use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -34,9 +34,26 @@ pub async fn database_url(backend: Backend) -> (String, Option<tempfile::TempDir
     }
 }
 
+/// A clock tests move by hand; starts at the real time.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -51,10 +68,17 @@ impl TestServer {
         let (url, dir) = database_url(backend).await;
         let db = Database::open(&url).await.unwrap();
         db.migrate().await.unwrap();
+        let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(
+            roster_domain::SystemClock.now().as_millis(),
+        )));
         let state = AppState {
             users: db.users(),
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             hasher: Hasher::new(2),
+            codes: CodeSettings {
+                key: CodeKey::generate(),
+                policy: CodePolicy::default(),
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -73,6 +97,7 @@ impl TestServer {
         });
         Self {
             addr,
+            clock,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

@@ -15,3 +15,4 @@ mod binary;
 mod harness;
 mod identifiers;
 mod users;
+mod verification;

@@ -383,4 +383,92 @@ impl Client {
                 .user,
         )
     }
+
+    /// Starts a code verification of an email address; with `return_code`
+    /// the code comes back instead of being delivered.
+    pub async fn prepare_email_address_verification(
+        &mut self,
+        id: &IdentificationId,
+        return_code: bool,
+    ) -> Result<(EmailAddress, Option<String>), ClientError> {
+        let request = v1::PrepareEmailAddressVerificationRequest {
+            id: id.to_string(),
+            return_code,
+        };
+        let response = self
+            .emails
+            .prepare_email_address_verification(request)
+            .await?
+            .into_inner();
+        let email = response
+            .email_address
+            .ok_or_else(|| missing("email address"))?;
+        Ok((
+            convert::email_from_proto(&email).map_err(invalid)?,
+            Some(response.code).filter(|c| !c.is_empty()),
+        ))
+    }
+
+    /// Checks a code sent to an email address.
+    pub async fn attempt_email_address_verification(
+        &mut self,
+        id: &IdentificationId,
+        code: &str,
+    ) -> Result<EmailAddress, ClientError> {
+        let request = v1::AttemptEmailAddressVerificationRequest {
+            id: id.to_string(),
+            code: code.to_owned(),
+        };
+        let e = self
+            .emails
+            .attempt_email_address_verification(request)
+            .await?
+            .into_inner()
+            .email_address;
+        convert::email_from_proto(&e.ok_or_else(|| missing("email address"))?).map_err(invalid)
+    }
+
+    /// Starts a code verification of a phone number; see
+    /// [`Self::prepare_email_address_verification`].
+    pub async fn prepare_phone_number_verification(
+        &mut self,
+        id: &IdentificationId,
+        return_code: bool,
+    ) -> Result<(PhoneNumber, Option<String>), ClientError> {
+        let request = v1::PreparePhoneNumberVerificationRequest {
+            id: id.to_string(),
+            return_code,
+        };
+        let response = self
+            .phones
+            .prepare_phone_number_verification(request)
+            .await?
+            .into_inner();
+        let phone = response
+            .phone_number
+            .ok_or_else(|| missing("phone number"))?;
+        Ok((
+            convert::phone_from_proto(&phone).map_err(invalid)?,
+            Some(response.code).filter(|c| !c.is_empty()),
+        ))
+    }
+
+    /// Checks a code sent to a phone number.
+    pub async fn attempt_phone_number_verification(
+        &mut self,
+        id: &IdentificationId,
+        code: &str,
+    ) -> Result<PhoneNumber, ClientError> {
+        let request = v1::AttemptPhoneNumberVerificationRequest {
+            id: id.to_string(),
+            code: code.to_owned(),
+        };
+        let p = self
+            .phones
+            .attempt_phone_number_verification(request)
+            .await?
+            .into_inner()
+            .phone_number;
+        convert::phone_from_proto(&p.ok_or_else(|| missing("phone number"))?).map_err(invalid)
+    }
 }

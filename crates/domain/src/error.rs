@@ -48,6 +48,18 @@ pub mod reason {
     pub const PASSWORD_NOT_SET: &str = "PASSWORD_NOT_SET";
     /// The resource does not exist.
     pub const RESOURCE_NOT_FOUND: &str = "RESOURCE_NOT_FOUND";
+    /// The verification code is wrong.
+    pub const CODE_INCORRECT: &str = "CODE_INCORRECT";
+    /// The verification code expired; prepare a new one.
+    pub const VERIFICATION_EXPIRED: &str = "VERIFICATION_EXPIRED";
+    /// Too many wrong codes; prepare a new one.
+    pub const VERIFICATION_FAILED: &str = "VERIFICATION_FAILED";
+    /// The identifier is verified already.
+    pub const VERIFICATION_ALREADY_VERIFIED: &str = "VERIFICATION_ALREADY_VERIFIED";
+    /// No code was prepared for the identifier.
+    pub const VERIFICATION_NOT_PREPARED: &str = "VERIFICATION_NOT_PREPARED";
+    /// A new code was asked for before the resend cooldown ended.
+    pub const VERIFICATION_RESEND_TOO_SOON: &str = "VERIFICATION_RESEND_TOO_SOON";
 }
 
 /// One bad field of a request.
@@ -157,6 +169,16 @@ pub enum DomainError {
     FailedPrecondition {
         reason: &'static str,
         message: String,
+    },
+    /// A verification code was wrong; the attempt was counted.
+    #[error("incorrect code; {attempts_left} attempts left")]
+    CodeIncorrect { attempts_left: u32 },
+    /// Too soon or too often; retry after the delay.
+    #[error("{message}")]
+    RateLimited {
+        reason: &'static str,
+        message: String,
+        retry_after_ms: i64,
     },
 }
 

@@ -6,6 +6,7 @@
 //! - [`id`]: prefixed, time-sortable, unguessable ids (`user_…`, `idn_…`).
 //! - [`time`]: millisecond timestamps and the [`time::Clock`] every rule reads.
 //! - [`values`]: newtypes that validate on `parse` (email, phone, username, …).
+//! - [`code`]: one-time verification codes and their keyed hashes.
 //! - [`metadata`]: JSON-object metadata, deep merge and size limits.
 //! - [`query`]: which users to list or count, and in what order.
 //! - [`password`]: argon2id hashing and verification (synchronous; callers
@@ -16,6 +17,7 @@
 //!
 //! Nothing here knows about transport or SQL.
 
+pub mod code;
 pub mod error;
 pub mod id;
 pub mod metadata;
@@ -25,6 +27,7 @@ pub mod time;
 pub mod user;
 pub mod values;
 
+pub use code::{AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, VerificationCode};
 pub use error::{DomainError, FieldViolation, Violations, reason};
 pub use id::{IdentificationId, UserId};
 pub use metadata::Metadata;

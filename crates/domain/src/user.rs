@@ -14,6 +14,7 @@
 //!
 //! Uniqueness across users is the store's job (it lives in the database).
 
+use crate::code::{AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, VerificationCode};
 use crate::error::{DomainError, FieldViolation, Violations, reason};
 use crate::id::{IdentificationId, UserId};
 use crate::metadata::{self, Metadata};
@@ -87,6 +88,8 @@ pub struct Verification {
     pub attempts: u32,
     /// When the outstanding code expires.
     pub expire_at: Option<Timestamp>,
+    /// The outstanding code's hash; never shown by the API.
+    pub code: Option<PendingCode>,
 }
 
 impl Verification {
@@ -97,6 +100,7 @@ impl Verification {
             strategy: None,
             attempts: 0,
             expire_at: None,
+            code: None,
         }
     }
 
@@ -107,6 +111,7 @@ impl Verification {
             strategy: Some(VerificationStrategy::Admin),
             attempts: 0,
             expire_at: None,
+            code: None,
         }
     }
 
@@ -120,6 +125,79 @@ impl Verification {
 
     pub fn is_verified(&self) -> bool {
         self.status == VerificationStatus::Verified
+    }
+
+    /// Starts a new code verification, replacing any outstanding code.
+    pub fn prepare(
+        &mut self,
+        strategy: VerificationStrategy,
+        hash: CodeHash,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        if self.is_verified() {
+            return Err(DomainError::precondition(
+                reason::VERIFICATION_ALREADY_VERIFIED,
+                "already verified",
+            ));
+        }
+        if let Some(pending) = &self.code {
+            let ready_at = pending.sent_at.plus_millis(policy.resend_cooldown_ms);
+            if now < ready_at {
+                return Err(DomainError::RateLimited {
+                    reason: reason::VERIFICATION_RESEND_TOO_SOON,
+                    message: "a code was sent moments ago; wait before asking for another"
+                        .to_owned(),
+                    retry_after_ms: ready_at.as_millis() - now.as_millis(),
+                });
+            }
+        }
+        *self = Self {
+            status: VerificationStatus::Unverified,
+            strategy: Some(strategy),
+            attempts: 0,
+            expire_at: Some(now.plus_millis(policy.ttl_ms)),
+            code: Some(PendingCode { hash, sent_at: now }),
+        };
+        Ok(())
+    }
+
+    /// Checks a code for the identifier `id`, recording the attempt.
+    pub fn attempt(
+        &mut self,
+        id: &IdentificationId,
+        code: &VerificationCode,
+        key: &CodeKey,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> AttemptOutcome {
+        if self.is_verified() {
+            return AttemptOutcome::AlreadyVerified;
+        }
+        let Some(pending) = &self.code else {
+            return AttemptOutcome::NotPrepared;
+        };
+        match self.status {
+            VerificationStatus::Failed => return AttemptOutcome::Failed,
+            VerificationStatus::Expired => return AttemptOutcome::Expired,
+            _ => {}
+        }
+        if self.expire_at.is_none_or(|at| now >= at) {
+            self.status = VerificationStatus::Expired;
+            return AttemptOutcome::Expired;
+        }
+        self.attempts += 1;
+        if key.matches(&pending.hash, id, code) {
+            self.status = VerificationStatus::Verified;
+            self.expire_at = None;
+            self.code = None;
+            return AttemptOutcome::Verified;
+        }
+        let attempts_left = policy.max_attempts.saturating_sub(self.attempts);
+        if attempts_left == 0 {
+            self.status = VerificationStatus::Failed;
+        }
+        AttemptOutcome::Incorrect { attempts_left }
     }
 }
 
@@ -805,6 +883,77 @@ impl User {
         Ok(())
     }
 
+    /// Prepares a code verification of an email address.
+    pub fn prepare_email_verification(
+        &mut self,
+        id: &IdentificationId,
+        hash: CodeHash,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let email = self.email_mut(id)?;
+        email
+            .verification
+            .prepare(VerificationStrategy::EmailCode, hash, policy, now)?;
+        email.updated_at = now;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Prepares a code verification of a phone number.
+    pub fn prepare_phone_verification(
+        &mut self,
+        id: &IdentificationId,
+        hash: CodeHash,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let phone = self.phone_mut(id)?;
+        phone
+            .verification
+            .prepare(VerificationStrategy::PhoneCode, hash, policy, now)?;
+        phone.updated_at = now;
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Checks a code sent to an email address. The attempt is recorded
+    /// whatever its outcome; a verified address becomes primary when the
+    /// user has none.
+    pub fn attempt_email_verification(
+        &mut self,
+        id: &IdentificationId,
+        code: &VerificationCode,
+        key: &CodeKey,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<AttemptOutcome, DomainError> {
+        let email = self.email_mut(id)?;
+        let outcome = email.verification.attempt(id, code, key, policy, now);
+        email.updated_at = now;
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(outcome)
+    }
+
+    /// Checks a code sent to a phone number; see
+    /// [`Self::attempt_email_verification`].
+    pub fn attempt_phone_verification(
+        &mut self,
+        id: &IdentificationId,
+        code: &VerificationCode,
+        key: &CodeKey,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<AttemptOutcome, DomainError> {
+        let phone = self.phone_mut(id)?;
+        let outcome = phone.verification.attempt(id, code, key, policy, now);
+        phone.updated_at = now;
+        self.ensure_primaries();
+        self.touch(now);
+        Ok(outcome)
+    }
+
     /// Replaces one metadata object whole.
     pub fn replace_metadata(
         &mut self,
@@ -1176,6 +1325,160 @@ mod tests {
                 .map(|p| (p.created_at, p.id.clone()))
                 .collect()
         ));
+    }
+
+    fn prepared(
+        u: &mut User,
+        key: &CodeKey,
+        at: Timestamp,
+    ) -> (IdentificationId, VerificationCode) {
+        let id = u.email_addresses[0].id.clone();
+        let code = VerificationCode::generate();
+        u.prepare_email_verification(&id, key.hash(&id, &code), &CodePolicy::default(), at)
+            .unwrap();
+        (id, code)
+    }
+
+    fn other_code(code: &VerificationCode) -> VerificationCode {
+        let n: u32 = code.as_str().parse().unwrap();
+        VerificationCode::parse(&format!("{:06}", (n + 1) % 1_000_000)).unwrap()
+    }
+
+    #[test]
+    fn a_right_code_verifies_and_makes_primary() {
+        let (key, policy) = (CodeKey::generate(), CodePolicy::default());
+        let mut u = user(&["a@example.com"], &[], false);
+        let (id, code) = prepared(&mut u, &key, T0);
+        assert_eq!(
+            u.email(&id).unwrap().verification.strategy,
+            Some(VerificationStrategy::EmailCode)
+        );
+        assert_eq!(
+            u.email(&id).unwrap().verification.expire_at,
+            Some(T0.plus_millis(policy.ttl_ms))
+        );
+        let outcome = u
+            .attempt_email_verification(&id, &code, &key, &policy, T0.plus_millis(1))
+            .unwrap();
+        assert_eq!(outcome, AttemptOutcome::Verified);
+        let v = &u.email(&id).unwrap().verification;
+        assert!(v.is_verified() && v.code.is_none() && v.attempts == 1);
+        assert_eq!(u.primary_email_address_id, Some(id.clone()));
+        // Single use: the same code again is refused.
+        let again = u
+            .attempt_email_verification(&id, &code, &key, &policy, T0.plus_millis(2))
+            .unwrap();
+        assert_eq!(again, AttemptOutcome::AlreadyVerified);
+        let err = u
+            .prepare_email_verification(&id, key.hash(&id, &code), &policy, T0.plus_millis(60_000))
+            .unwrap_err();
+        assert!(
+            matches!(err, DomainError::FailedPrecondition { reason: r, .. } if r == reason::VERIFICATION_ALREADY_VERIFIED)
+        );
+    }
+
+    #[test]
+    fn five_wrong_codes_fail_the_verification() {
+        let (key, policy) = (CodeKey::generate(), CodePolicy::default());
+        let mut u = user(&["a@example.com"], &[], false);
+        let (id, code) = prepared(&mut u, &key, T0);
+        let wrong = other_code(&code);
+        for left in (0..5).rev() {
+            let outcome = u
+                .attempt_email_verification(&id, &wrong, &key, &policy, T0)
+                .unwrap();
+            assert_eq!(
+                outcome,
+                AttemptOutcome::Incorrect {
+                    attempts_left: left
+                }
+            );
+        }
+        assert_eq!(
+            u.email(&id).unwrap().verification.status,
+            VerificationStatus::Failed
+        );
+        // Even the right code is no longer evaluated.
+        assert_eq!(
+            u.attempt_email_verification(&id, &code, &key, &policy, T0)
+                .unwrap(),
+            AttemptOutcome::Failed
+        );
+        assert_eq!(u.email(&id).unwrap().verification.attempts, 5);
+        // A new code starts over.
+        let (_, fresh) = prepared(&mut u, &key, T0.plus_millis(policy.resend_cooldown_ms));
+        let outcome = u
+            .attempt_email_verification(
+                &id,
+                &fresh,
+                &key,
+                &policy,
+                T0.plus_millis(policy.resend_cooldown_ms),
+            )
+            .unwrap();
+        assert_eq!(outcome, AttemptOutcome::Verified);
+    }
+
+    #[test]
+    fn codes_expire_and_are_replaced_and_resends_wait() {
+        let (key, policy) = (CodeKey::generate(), CodePolicy::default());
+        let mut u = user(&["a@example.com"], &[], false);
+        let (id, first) = prepared(&mut u, &key, T0);
+        // Within the cooldown a new code is refused, with the time to wait.
+        let code = VerificationCode::generate();
+        let err = u
+            .prepare_email_verification(&id, key.hash(&id, &code), &policy, T0.plus_millis(10_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DomainError::RateLimited {
+                    retry_after_ms: 20_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // After it, the new code replaces the old one.
+        let later = T0.plus_millis(policy.resend_cooldown_ms);
+        let (_, second) = prepared(&mut u, &key, later);
+        if first != second {
+            assert!(matches!(
+                u.attempt_email_verification(&id, &first, &key, &policy, later)
+                    .unwrap(),
+                AttemptOutcome::Incorrect { .. }
+            ));
+        }
+        // At expiry the code stops working, and the status says so.
+        let expired_at = later.plus_millis(policy.ttl_ms);
+        assert_eq!(
+            u.attempt_email_verification(&id, &second, &key, &policy, expired_at)
+                .unwrap(),
+            AttemptOutcome::Expired
+        );
+        assert_eq!(
+            u.email(&id).unwrap().verification.status,
+            VerificationStatus::Expired
+        );
+        let never = User::create(
+            NewUser {
+                identifiers: NewIdentifiers {
+                    emails: vec![email("b@example.com")],
+                    ..NewIdentifiers::default()
+                },
+                ..NewUser::default()
+            },
+            T0,
+        )
+        .unwrap();
+        let mut never = never;
+        let nid = never.email_addresses[0].id.clone();
+        assert_eq!(
+            never
+                .attempt_email_verification(&nid, &second, &key, &policy, T0)
+                .unwrap(),
+            AttemptOutcome::NotPrepared
+        );
     }
 
     #[test]

@@ -648,6 +648,7 @@ fn parse_verification(v: Option<v1::Verification>) -> Verification {
         },
         attempts: u32::try_from(v.attempts).unwrap_or(0),
         expire_at: v.expire_at.as_ref().map(from_timestamp),
+        code: None,
     }
 }
 

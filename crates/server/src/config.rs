@@ -86,6 +86,12 @@ pub struct ServeArgs {
     /// ignored), for keys mounted from a secret store.
     #[arg(long, env = "ROSTER_SECRET_KEYS_FILE")]
     pub secret_keys_file: Option<PathBuf>,
+    /// Secret key verification codes are hashed under (at least 16 bytes).
+    /// Replicas must share it. Without it, each process makes its own, and
+    /// codes prepared by one process cannot be checked by another or after
+    /// a restart.
+    #[arg(long, env = "ROSTER_CODE_HASH_KEY", hide_env_values = true)]
+    pub code_hash_key: Option<String>,
     /// Longest a call may run, e.g. `30s` or `500ms`.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,

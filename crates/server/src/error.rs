@@ -113,6 +113,29 @@ impl From<ApiError> for Status {
             ApiError::Domain(DomainError::FailedPrecondition { reason, message }) => {
                 status(Code::FailedPrecondition, message, reason, HashMap::new())
             }
+            ApiError::Domain(DomainError::CodeIncorrect { attempts_left }) => {
+                let message = format!("incorrect code; {attempts_left} attempts left");
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    reason::CODE_INCORRECT,
+                    ERROR_DOMAIN,
+                    HashMap::from([("attempts_remaining".to_owned(), attempts_left.to_string())]),
+                );
+                details.add_bad_request_violation("code", message.clone());
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::Domain(DomainError::RateLimited {
+                reason,
+                message,
+                retry_after_ms,
+            }) => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                let delay =
+                    std::time::Duration::from_millis(u64::try_from(retry_after_ms).unwrap_or(0));
+                details.set_retry_info(Some(delay));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ApiError::Unauthenticated { reason, message } => {
                 status(Code::Unauthenticated, message, reason, HashMap::new())
             }

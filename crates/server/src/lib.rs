@@ -37,6 +37,7 @@ use tonic_health::ServingStatus;
 
 pub use auth::SecretKeys;
 pub use hashing::Hasher;
+pub use services::verification::CodeSettings;
 
 use services::email_addresses::EmailAddresses;
 use services::phone_numbers::PhoneNumbers;
@@ -48,6 +49,7 @@ pub struct AppState {
     pub users: Arc<dyn UserStore>,
     pub clock: Arc<dyn Clock>,
     pub hasher: Hasher,
+    pub codes: CodeSettings,
 }
 
 /// How the server behaves, beyond what it serves.

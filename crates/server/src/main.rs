@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
-use roster_domain::SystemClock;
+use roster_domain::{CodeKey, CodePolicy, SystemClock};
 use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
 use roster_server::database::Database;
-use roster_server::{AppState, Hasher, SecretKeys, ServeOptions};
+use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -68,12 +68,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no secret key configured: the Backend API is OPEN to anyone who can reach this loopback address"
         );
     }
+    let code_key = if let Some(secret) = &args.code_hash_key {
+        CodeKey::new(secret.as_bytes()).context("ROSTER_CODE_HASH_KEY must be at least 16 bytes")?
+    } else {
+        tracing::warn!(
+            "no code hash key configured: verification codes are checked only by this process and are lost on \
+             restart; set ROSTER_CODE_HASH_KEY (shared by all replicas)"
+        );
+        CodeKey::generate()
+    };
     let db = open(&args.database).await?;
     let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let state = AppState {
         users: db.users(),
         clock: Arc::new(SystemClock),
         hasher: Hasher::new(parallelism),
+        codes: CodeSettings {
+            key: code_key,
+            policy: CodePolicy::default(),
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await

@@ -105,6 +105,8 @@ fn verification(row: &PgRow, first: usize) -> Result<VerificationColumns, sqlx::
         strategy: row.try_get(first + 1)?,
         attempts: row.try_get(first + 2)?,
         expire_at: row.try_get(first + 3)?,
+        code_hash: row.try_get(first + 4)?,
+        sent_at: row.try_get(first + 5)?,
     })
 }
 
@@ -137,8 +139,8 @@ fn email_row(row: &PgRow) -> Result<EmailRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         email_address: row.try_get(2)?,
         verification: verification(row, 3)?,
-        created_at: row.try_get(7)?,
-        updated_at: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
     })
 }
 
@@ -148,10 +150,10 @@ fn phone_row(row: &PgRow) -> Result<PhoneRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         phone_number: row.try_get(2)?,
         verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(7)?,
-        default_second_factor: row.try_get(8)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
+        reserved_for_second_factor: row.try_get(9)?,
+        default_second_factor: row.try_get(10)?,
+        created_at: row.try_get(11)?,
+        updated_at: row.try_get(12)?,
     })
 }
 

@@ -83,6 +83,8 @@ fn verification(row: &SqliteRow, first: usize) -> Result<VerificationColumns, sq
         strategy: row.try_get(first + 1)?,
         attempts: row.try_get(first + 2)?,
         expire_at: row.try_get(first + 3)?,
+        code_hash: row.try_get(first + 4)?,
+        sent_at: row.try_get(first + 5)?,
     })
 }
 
@@ -115,8 +117,8 @@ fn email_row(row: &SqliteRow) -> Result<EmailRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         email_address: row.try_get(2)?,
         verification: verification(row, 3)?,
-        created_at: row.try_get(7)?,
-        updated_at: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
     })
 }
 
@@ -126,10 +128,10 @@ fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         phone_number: row.try_get(2)?,
         verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(7)?,
-        default_second_factor: row.try_get(8)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
+        reserved_for_second_factor: row.try_get(9)?,
+        default_second_factor: row.try_get(10)?,
+        created_at: row.try_get(11)?,
+        updated_at: row.try_get(12)?,
     })
 }
 

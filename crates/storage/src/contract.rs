@@ -15,8 +15,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use roster_domain::{
-    DomainError, Email, ExternalId, IdentificationId, Metadata, MetadataKind, Name, NewIdentifiers,
-    NewUser, Password, Phone, ProfileChange, Timestamp, User, UserId, UserRecord, Username, reason,
+    AttemptOutcome, CodeKey, CodePolicy, DomainError, Email, ExternalId, IdentificationId,
+    Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, ProfileChange,
+    Timestamp, User, UserId, UserRecord, Username, VerificationCode, reason,
 };
 use serde_json::json;
 
@@ -46,6 +47,7 @@ macro_rules! contract_suite {
             conflicting_update_changes_nothing,
             concurrent_updates_are_not_lost,
             update_of_missing_user_is_not_found,
+            verification_codes_round_trip,
             delete_removes_everything,
             filters_select_the_right_users,
             every_order_pages_like_sorting_in_memory,
@@ -455,6 +457,53 @@ pub async fn update_of_missing_user_is_not_found(store: Arc<dyn UserStore>) {
         matches!(err, StorageError::Rejected(DomainError::NotFound { .. })),
         "{err:?}"
     );
+}
+
+pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
+    let mut user = new_user(&["a@example.com"], &["+14155550101"], None, 0);
+    user.email_addresses[0].verification = roster_domain::Verification::unverified();
+    user.primary_email_address_id = None;
+    insert(store.as_ref(), &user).await;
+    let (key, policy) = (CodeKey::generate(), CodePolicy::default());
+    let (email, phone) = (
+        user.email_addresses[0].id.clone(),
+        user.phone_numbers[0].id.clone(),
+    );
+    let code = VerificationCode::parse("123456").unwrap();
+    let wrong = VerificationCode::parse("654321").unwrap();
+    let (k, e) = (key.clone(), email.clone());
+    let prepared = store
+        .update_user(
+            &user.id,
+            Box::new(move |r| {
+                r.user
+                    .prepare_email_verification(&e, k.hash(&e, &code), &policy, at(1))?;
+                let outcome = r
+                    .user
+                    .attempt_email_verification(&e, &wrong, &k, &policy, at(2))?;
+                assert_eq!(outcome, AttemptOutcome::Incorrect { attempts_left: 4 });
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    // The pending code (hash and send time) and the attempt count persist.
+    let loaded = store.get_user(&user.id).await.unwrap().unwrap();
+    assert_eq!(loaded, prepared);
+    let v = &loaded.email(&email).unwrap().verification;
+    assert_eq!((v.attempts, v.expire_at), (1, Some(at(1 + policy.ttl_ms))));
+    assert_eq!(v.code.as_ref().unwrap().sent_at, at(1));
+    assert!(key.matches(
+        &v.code.as_ref().unwrap().hash,
+        &email,
+        &VerificationCode::parse("123456").unwrap()
+    ));
+    // The hash is bound to the identifier it was sent to.
+    assert!(!key.matches(
+        &v.code.as_ref().unwrap().hash,
+        &phone,
+        &VerificationCode::parse("123456").unwrap()
+    ));
 }
 
 pub async fn delete_removes_everything(store: Arc<dyn UserStore>) {

@@ -3,9 +3,9 @@
 //! mapping itself lives here once.
 
 use roster_domain::{
-    Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name, PasswordHash, Phone,
-    PhoneNumber, Timestamp, User, UserId, UserRecord, Username, Verification, VerificationStatus,
-    VerificationStrategy,
+    CodeHash, Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name,
+    PasswordHash, PendingCode, Phone, PhoneNumber, Timestamp, User, UserId, UserRecord, Username,
+    Verification, VerificationStatus, VerificationStrategy,
 };
 
 use crate::StorageError;
@@ -66,15 +66,23 @@ pub struct VerificationColumns {
     pub strategy: Option<String>,
     pub attempts: i64,
     pub expire_at: Option<i64>,
+    /// Keyed hash of the outstanding code.
+    pub code_hash: Option<String>,
+    /// When the outstanding code was sent.
+    pub sent_at: Option<i64>,
 }
+
+/// How many columns [`VerificationColumns`] spans.
+pub const VERIFICATION_COLUMN_COUNT: usize = 6;
 
 /// Columns of `email_addresses`, in [`EmailRow`] order.
 pub const EMAIL_COLUMNS: &str = "id, user_id, email_address, verification_status, verification_strategy, \
-     verification_attempts, verification_expire_at, created_at, updated_at";
+     verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
+     created_at, updated_at";
 /// Columns of `phone_numbers`, in [`PhoneRow`] order.
 pub const PHONE_COLUMNS: &str = "id, user_id, phone_number, verification_status, verification_strategy, \
-     verification_attempts, verification_expire_at, reserved_for_second_factor, default_second_factor, \
-     created_at, updated_at";
+     verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
+     reserved_for_second_factor, default_second_factor, created_at, updated_at";
 
 fn corrupt(what: &str, value: &str) -> StorageError {
     StorageError::internal(format!("stored {what} is invalid: {value:?}"))
@@ -106,6 +114,8 @@ impl VerificationColumns {
             strategy: v.strategy.map(|s| s.as_str().to_owned()),
             attempts: i64::from(v.attempts),
             expire_at: v.expire_at.map(Timestamp::as_millis),
+            code_hash: v.code.as_ref().map(|c| c.hash.as_str().to_owned()),
+            sent_at: v.code.as_ref().map(|c| c.sent_at.as_millis()),
         }
     }
 
@@ -122,15 +132,24 @@ impl VerificationColumns {
             },
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             expire_at: self.expire_at.map(Timestamp::from_millis),
+            code: match (&self.code_hash, self.sent_at) {
+                (Some(hash), Some(sent_at)) => Some(PendingCode {
+                    hash: CodeHash::from_stored(hash.clone()),
+                    sent_at: Timestamp::from_millis(sent_at),
+                }),
+                _ => None,
+            },
         })
     }
 
-    fn binds(&self) -> [Bind; 4] {
+    fn binds(&self) -> [Bind; VERIFICATION_COLUMN_COUNT] {
         [
             Bind::Text(self.status.clone()),
             opt_text(self.strategy.as_ref()),
             Bind::Int(self.attempts),
             opt_int(self.expire_at),
+            opt_text(self.code_hash.as_ref()),
+            opt_int(self.sent_at),
         ]
     }
 }

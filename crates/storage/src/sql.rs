@@ -75,7 +75,7 @@ pub const USER_WRITE_COLUMNS: [&str; 21] = [
 ];
 
 /// Columns [`crate::rows::EmailRow::binds`] writes, in order.
-pub const EMAIL_WRITE_COLUMNS: [&str; 10] = [
+pub const EMAIL_WRITE_COLUMNS: [&str; 12] = [
     "id",
     "user_id",
     "email_address",
@@ -84,12 +84,14 @@ pub const EMAIL_WRITE_COLUMNS: [&str; 10] = [
     "verification_strategy",
     "verification_attempts",
     "verification_expire_at",
+    "verification_code_hash",
+    "verification_sent_at",
     "created_at",
     "updated_at",
 ];
 
 /// Columns [`crate::rows::PhoneRow::binds`] writes, in order.
-pub const PHONE_WRITE_COLUMNS: [&str; 11] = [
+pub const PHONE_WRITE_COLUMNS: [&str; 13] = [
     "id",
     "user_id",
     "phone_number",
@@ -97,6 +99,8 @@ pub const PHONE_WRITE_COLUMNS: [&str; 11] = [
     "verification_strategy",
     "verification_attempts",
     "verification_expire_at",
+    "verification_code_hash",
+    "verification_sent_at",
     "reserved_for_second_factor",
     "default_second_factor",
     "created_at",

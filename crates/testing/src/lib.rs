@@ -127,6 +127,9 @@ fn start_cluster() -> Cluster {
     );
     let mut child = shell(&script)
         .stdin(Stdio::piped())
+        // The server logs to its own file; the test's output stays the test's.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start postgres");
     let stdin = child.stdin.take().expect("piped stdin");

@@ -4,12 +4,15 @@ use roster_domain::{DomainError, User};
 use roster_proto::convert;
 use roster_proto::v1::email_address_service_server::EmailAddressService;
 use roster_proto::v1::{
+    AttemptEmailAddressVerificationRequest, AttemptEmailAddressVerificationResponse,
     CreateEmailAddressRequest, CreateEmailAddressResponse, DeleteEmailAddressRequest,
     DeleteEmailAddressResponse, EmailAddress, GetEmailAddressRequest, GetEmailAddressResponse,
+    PrepareEmailAddressVerificationRequest, PrepareEmailAddressVerificationResponse,
     UpdateEmailAddressRequest, UpdateEmailAddressResponse,
 };
 use tonic::{Request, Response, Status};
 
+use super::verification::{self, Channel};
 use super::{owner_id, owner_of, respond};
 use crate::AppState;
 use crate::error::ApiError;
@@ -100,6 +103,30 @@ impl EmailAddresses {
         })
     }
 
+    async fn prepare(
+        &self,
+        req: PrepareEmailAddressVerificationRequest,
+    ) -> Result<PrepareEmailAddressVerificationResponse, ApiError> {
+        let id = verification::target(&req.id)?;
+        let (user, code) =
+            verification::prepare(&self.state, &id, Channel::Email, req.return_code).await?;
+        Ok(PrepareEmailAddressVerificationResponse {
+            email_address: Some(shown(&user, &id)?),
+            code: code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        req: AttemptEmailAddressVerificationRequest,
+    ) -> Result<AttemptEmailAddressVerificationResponse, ApiError> {
+        let id = verification::target(&req.id)?;
+        let user = verification::attempt(&self.state, &id, &req.code, Channel::Email).await?;
+        Ok(AttemptEmailAddressVerificationResponse {
+            email_address: Some(shown(&user, &id)?),
+        })
+    }
+
     async fn delete(
         &self,
         req: DeleteEmailAddressRequest,
@@ -146,5 +173,19 @@ impl EmailAddressService for EmailAddresses {
         request: Request<DeleteEmailAddressRequest>,
     ) -> Result<Response<DeleteEmailAddressResponse>, Status> {
         respond(self.delete(request.into_inner()).await)
+    }
+
+    async fn prepare_email_address_verification(
+        &self,
+        request: Request<PrepareEmailAddressVerificationRequest>,
+    ) -> Result<Response<PrepareEmailAddressVerificationResponse>, Status> {
+        respond(self.prepare(request.into_inner()).await)
+    }
+
+    async fn attempt_email_address_verification(
+        &self,
+        request: Request<AttemptEmailAddressVerificationRequest>,
+    ) -> Result<Response<AttemptEmailAddressVerificationResponse>, Status> {
+        respond(self.attempt(request.into_inner()).await)
     }
 }

@@ -5,6 +5,7 @@
 pub mod email_addresses;
 pub mod phone_numbers;
 pub mod users;
+pub mod verification;
 
 use roster_domain::{DomainError, IdentificationId, User, UserId};
 use tonic::{Response, Status};

@@ -4,12 +4,15 @@ use roster_domain::{DomainError, User};
 use roster_proto::convert;
 use roster_proto::v1::phone_number_service_server::PhoneNumberService;
 use roster_proto::v1::{
+    AttemptPhoneNumberVerificationRequest, AttemptPhoneNumberVerificationResponse,
     CreatePhoneNumberRequest, CreatePhoneNumberResponse, DeletePhoneNumberRequest,
     DeletePhoneNumberResponse, GetPhoneNumberRequest, GetPhoneNumberResponse, PhoneNumber,
+    PreparePhoneNumberVerificationRequest, PreparePhoneNumberVerificationResponse,
     UpdatePhoneNumberRequest, UpdatePhoneNumberResponse,
 };
 use tonic::{Request, Response, Status};
 
+use super::verification::{self, Channel};
 use super::{owner_id, owner_of, respond};
 use crate::AppState;
 use crate::error::ApiError;
@@ -115,6 +118,30 @@ impl PhoneNumbers {
         })
     }
 
+    async fn prepare(
+        &self,
+        req: PreparePhoneNumberVerificationRequest,
+    ) -> Result<PreparePhoneNumberVerificationResponse, ApiError> {
+        let id = verification::target(&req.id)?;
+        let (user, code) =
+            verification::prepare(&self.state, &id, Channel::Phone, req.return_code).await?;
+        Ok(PreparePhoneNumberVerificationResponse {
+            phone_number: Some(shown(&user, &id)?),
+            code: code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        req: AttemptPhoneNumberVerificationRequest,
+    ) -> Result<AttemptPhoneNumberVerificationResponse, ApiError> {
+        let id = verification::target(&req.id)?;
+        let user = verification::attempt(&self.state, &id, &req.code, Channel::Phone).await?;
+        Ok(AttemptPhoneNumberVerificationResponse {
+            phone_number: Some(shown(&user, &id)?),
+        })
+    }
+
     async fn delete(
         &self,
         req: DeletePhoneNumberRequest,
@@ -161,5 +188,19 @@ impl PhoneNumberService for PhoneNumbers {
         request: Request<DeletePhoneNumberRequest>,
     ) -> Result<Response<DeletePhoneNumberResponse>, Status> {
         respond(self.delete(request.into_inner()).await)
+    }
+
+    async fn prepare_phone_number_verification(
+        &self,
+        request: Request<PreparePhoneNumberVerificationRequest>,
+    ) -> Result<Response<PreparePhoneNumberVerificationResponse>, Status> {
+        respond(self.prepare(request.into_inner()).await)
+    }
+
+    async fn attempt_phone_number_verification(
+        &self,
+        request: Request<AttemptPhoneNumberVerificationRequest>,
+    ) -> Result<Response<AttemptPhoneNumberVerificationResponse>, Status> {
+        respond(self.attempt(request.into_inner()).await)
     }
 }
