@@ -34,7 +34,7 @@ pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
-    EmailAddress, MetadataKind, NewIdentifiers, NewUser, PhoneNumber, ProfileChange, User,
+    Channel, EmailAddress, MetadataKind, NewIdentifiers, NewUser, PhoneNumber, ProfileChange, User,
     UserRecord, UserUpdate, Verification, VerificationStatus, VerificationStrategy,
 };
 pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

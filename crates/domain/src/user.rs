@@ -79,6 +79,31 @@ impl VerificationStrategy {
     }
 }
 
+/// Which kind of identifier a code goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Phone,
+}
+
+impl Channel {
+    /// The verification strategy of codes sent this way.
+    pub fn strategy(self) -> VerificationStrategy {
+        match self {
+            Self::Email => VerificationStrategy::EmailCode,
+            Self::Phone => VerificationStrategy::PhoneCode,
+        }
+    }
+
+    /// What the identifier is called in messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Email => "email address",
+            Self::Phone => "phone number",
+        }
+    }
+}
+
 /// The proof state of an identifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {
@@ -883,72 +908,55 @@ impl User {
         Ok(())
     }
 
-    /// Prepares a code verification of an email address.
-    pub fn prepare_email_verification(
+    fn verification_mut(
         &mut self,
+        channel: Channel,
+        id: &IdentificationId,
+    ) -> Result<(&mut Verification, &mut Timestamp), DomainError> {
+        Ok(match channel {
+            Channel::Email => {
+                let e = self.email_mut(id)?;
+                (&mut e.verification, &mut e.updated_at)
+            }
+            Channel::Phone => {
+                let p = self.phone_mut(id)?;
+                (&mut p.verification, &mut p.updated_at)
+            }
+        })
+    }
+
+    /// Prepares a code verification of the email address or phone number
+    /// `id`, replacing any outstanding code.
+    pub fn prepare_verification(
+        &mut self,
+        channel: Channel,
         id: &IdentificationId,
         hash: CodeHash,
         policy: &CodePolicy,
         now: Timestamp,
     ) -> Result<(), DomainError> {
-        let email = self.email_mut(id)?;
-        email
-            .verification
-            .prepare(VerificationStrategy::EmailCode, hash, policy, now)?;
-        email.updated_at = now;
+        let (verification, updated_at) = self.verification_mut(channel, id)?;
+        verification.prepare(channel.strategy(), hash, policy, now)?;
+        *updated_at = now;
         self.touch(now);
         Ok(())
     }
 
-    /// Prepares a code verification of a phone number.
-    pub fn prepare_phone_verification(
+    /// Checks a code sent to the email address or phone number `id`. The
+    /// attempt is recorded whatever its outcome; a verified identifier
+    /// becomes primary when the user has none of its kind.
+    pub fn attempt_verification(
         &mut self,
-        id: &IdentificationId,
-        hash: CodeHash,
-        policy: &CodePolicy,
-        now: Timestamp,
-    ) -> Result<(), DomainError> {
-        let phone = self.phone_mut(id)?;
-        phone
-            .verification
-            .prepare(VerificationStrategy::PhoneCode, hash, policy, now)?;
-        phone.updated_at = now;
-        self.touch(now);
-        Ok(())
-    }
-
-    /// Checks a code sent to an email address. The attempt is recorded
-    /// whatever its outcome; a verified address becomes primary when the
-    /// user has none.
-    pub fn attempt_email_verification(
-        &mut self,
+        channel: Channel,
         id: &IdentificationId,
         code: &VerificationCode,
         key: &CodeKey,
         policy: &CodePolicy,
         now: Timestamp,
     ) -> Result<AttemptOutcome, DomainError> {
-        let email = self.email_mut(id)?;
-        let outcome = email.verification.attempt(id, code, key, policy, now);
-        email.updated_at = now;
-        self.ensure_primaries();
-        self.touch(now);
-        Ok(outcome)
-    }
-
-    /// Checks a code sent to a phone number; see
-    /// [`Self::attempt_email_verification`].
-    pub fn attempt_phone_verification(
-        &mut self,
-        id: &IdentificationId,
-        code: &VerificationCode,
-        key: &CodeKey,
-        policy: &CodePolicy,
-        now: Timestamp,
-    ) -> Result<AttemptOutcome, DomainError> {
-        let phone = self.phone_mut(id)?;
-        let outcome = phone.verification.attempt(id, code, key, policy, now);
-        phone.updated_at = now;
+        let (verification, updated_at) = self.verification_mut(channel, id)?;
+        let outcome = verification.attempt(id, code, key, policy, now);
+        *updated_at = now;
         self.ensure_primaries();
         self.touch(now);
         Ok(outcome)
@@ -1334,8 +1342,14 @@ mod tests {
     ) -> (IdentificationId, VerificationCode) {
         let id = u.email_addresses[0].id.clone();
         let code = VerificationCode::generate();
-        u.prepare_email_verification(&id, key.hash(&id, &code), &CodePolicy::default(), at)
-            .unwrap();
+        u.prepare_verification(
+            Channel::Email,
+            &id,
+            key.hash(&id, &code),
+            &CodePolicy::default(),
+            at,
+        )
+        .unwrap();
         (id, code)
     }
 
@@ -1358,7 +1372,7 @@ mod tests {
             Some(T0.plus_millis(policy.ttl_ms))
         );
         let outcome = u
-            .attempt_email_verification(&id, &code, &key, &policy, T0.plus_millis(1))
+            .attempt_verification(Channel::Email, &id, &code, &key, &policy, T0.plus_millis(1))
             .unwrap();
         assert_eq!(outcome, AttemptOutcome::Verified);
         let v = &u.email(&id).unwrap().verification;
@@ -1366,11 +1380,17 @@ mod tests {
         assert_eq!(u.primary_email_address_id, Some(id.clone()));
         // Single use: the same code again is refused.
         let again = u
-            .attempt_email_verification(&id, &code, &key, &policy, T0.plus_millis(2))
+            .attempt_verification(Channel::Email, &id, &code, &key, &policy, T0.plus_millis(2))
             .unwrap();
         assert_eq!(again, AttemptOutcome::AlreadyVerified);
         let err = u
-            .prepare_email_verification(&id, key.hash(&id, &code), &policy, T0.plus_millis(60_000))
+            .prepare_verification(
+                Channel::Email,
+                &id,
+                key.hash(&id, &code),
+                &policy,
+                T0.plus_millis(60_000),
+            )
             .unwrap_err();
         assert!(
             matches!(err, DomainError::FailedPrecondition { reason: r, .. } if r == reason::VERIFICATION_ALREADY_VERIFIED)
@@ -1385,7 +1405,7 @@ mod tests {
         let wrong = other_code(&code);
         for left in (0..5).rev() {
             let outcome = u
-                .attempt_email_verification(&id, &wrong, &key, &policy, T0)
+                .attempt_verification(Channel::Email, &id, &wrong, &key, &policy, T0)
                 .unwrap();
             assert_eq!(
                 outcome,
@@ -1400,7 +1420,7 @@ mod tests {
         );
         // Even the right code is no longer evaluated.
         assert_eq!(
-            u.attempt_email_verification(&id, &code, &key, &policy, T0)
+            u.attempt_verification(Channel::Email, &id, &code, &key, &policy, T0)
                 .unwrap(),
             AttemptOutcome::Failed
         );
@@ -1408,7 +1428,8 @@ mod tests {
         // A new code starts over.
         let (_, fresh) = prepared(&mut u, &key, T0.plus_millis(policy.resend_cooldown_ms));
         let outcome = u
-            .attempt_email_verification(
+            .attempt_verification(
+                Channel::Email,
                 &id,
                 &fresh,
                 &key,
@@ -1427,7 +1448,13 @@ mod tests {
         // Within the cooldown a new code is refused, with the time to wait.
         let code = VerificationCode::generate();
         let err = u
-            .prepare_email_verification(&id, key.hash(&id, &code), &policy, T0.plus_millis(10_000))
+            .prepare_verification(
+                Channel::Email,
+                &id,
+                key.hash(&id, &code),
+                &policy,
+                T0.plus_millis(10_000),
+            )
             .unwrap_err();
         assert!(
             matches!(
@@ -1444,7 +1471,7 @@ mod tests {
         let (_, second) = prepared(&mut u, &key, later);
         if first != second {
             assert!(matches!(
-                u.attempt_email_verification(&id, &first, &key, &policy, later)
+                u.attempt_verification(Channel::Email, &id, &first, &key, &policy, later)
                     .unwrap(),
                 AttemptOutcome::Incorrect { .. }
             ));
@@ -1452,7 +1479,7 @@ mod tests {
         // At expiry the code stops working, and the status says so.
         let expired_at = later.plus_millis(policy.ttl_ms);
         assert_eq!(
-            u.attempt_email_verification(&id, &second, &key, &policy, expired_at)
+            u.attempt_verification(Channel::Email, &id, &second, &key, &policy, expired_at)
                 .unwrap(),
             AttemptOutcome::Expired
         );
@@ -1475,7 +1502,7 @@ mod tests {
         let nid = never.email_addresses[0].id.clone();
         assert_eq!(
             never
-                .attempt_email_verification(&nid, &second, &key, &policy, T0)
+                .attempt_verification(Channel::Email, &nid, &second, &key, &policy, T0)
                 .unwrap(),
             AttemptOutcome::NotPrepared
         );

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use roster_domain::{
-    AttemptOutcome, CodeKey, CodePolicy, DomainError, Email, ExternalId, IdentificationId,
+    AttemptOutcome, Channel, CodeKey, CodePolicy, DomainError, Email, ExternalId, IdentificationId,
     Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, ProfileChange,
     Timestamp, User, UserId, UserRecord, Username, VerificationCode, reason,
 };
@@ -476,11 +476,16 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
         .update_user(
             &user.id,
             Box::new(move |r| {
-                r.user
-                    .prepare_email_verification(&e, k.hash(&e, &code), &policy, at(1))?;
-                let outcome = r
-                    .user
-                    .attempt_email_verification(&e, &wrong, &k, &policy, at(2))?;
+                r.user.prepare_verification(
+                    Channel::Email,
+                    &e,
+                    k.hash(&e, &code),
+                    &policy,
+                    at(1),
+                )?;
+                let outcome =
+                    r.user
+                        .attempt_verification(Channel::Email, &e, &wrong, &k, &policy, at(2))?;
                 assert_eq!(outcome, AttemptOutcome::Incorrect { attempts_left: 4 });
                 Ok(())
             }),

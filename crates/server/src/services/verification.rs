@@ -8,6 +8,7 @@
 //! committed before it is reported, so wrong and expired attempts count even
 //! though the caller gets an error.
 
+pub(crate) use roster_domain::Channel;
 use roster_domain::{
     AttemptOutcome, CodeKey, CodePolicy, DomainError, IdentificationId, User, VerificationCode,
 };
@@ -22,22 +23,6 @@ use crate::error::ApiError;
 pub struct CodeSettings {
     pub key: CodeKey,
     pub policy: CodePolicy,
-}
-
-/// Which kind of identifier a code is for.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Channel {
-    Email,
-    Phone,
-}
-
-impl Channel {
-    fn what(self) -> &'static str {
-        match self {
-            Self::Email => "email address",
-            Self::Phone => "phone number",
-        }
-    }
 }
 
 /// Prepares a code for an identifier; returns its user and, when the
@@ -63,13 +48,9 @@ pub(crate) async fn prepare(
         .users
         .update_user(
             &owner,
-            Box::new(move |r| match channel {
-                Channel::Email => r
-                    .user
-                    .prepare_email_verification(&target, hash, &policy, now),
-                Channel::Phone => r
-                    .user
-                    .prepare_phone_verification(&target, hash, &policy, now),
+            Box::new(move |r| {
+                r.user
+                    .prepare_verification(channel, &target, hash, &policy, now)
             }),
         )
         .await?;
@@ -99,14 +80,9 @@ pub(crate) async fn attempt(
         .update_user(
             &owner,
             Box::new(|r| {
-                outcome = match channel {
-                    Channel::Email => r
-                        .user
-                        .attempt_email_verification(&target, &code, &key, &policy, now)?,
-                    Channel::Phone => r
-                        .user
-                        .attempt_phone_verification(&target, &code, &key, &policy, now)?,
-                };
+                outcome = r
+                    .user
+                    .attempt_verification(channel, &target, &code, &key, &policy, now)?;
                 Ok(())
             }),
         )
