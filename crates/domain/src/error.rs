@@ -58,6 +58,8 @@ pub mod reason {
     pub const VERIFICATION_ALREADY_VERIFIED: &str = "VERIFICATION_ALREADY_VERIFIED";
     /// No code was prepared for the identifier.
     pub const VERIFICATION_NOT_PREPARED: &str = "VERIFICATION_NOT_PREPARED";
+    /// No way to deliver a code is configured on the server.
+    pub const DELIVERY_NOT_CONFIGURED: &str = "DELIVERY_NOT_CONFIGURED";
     /// A new code was asked for before the resend cooldown ended.
     pub const VERIFICATION_RESEND_TOO_SOON: &str = "VERIFICATION_RESEND_TOO_SOON";
 }

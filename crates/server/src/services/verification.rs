@@ -11,6 +11,7 @@
 pub(crate) use roster_domain::Channel;
 use roster_domain::{
     AttemptOutcome, CodeKey, CodePolicy, DomainError, IdentificationId, User, VerificationCode,
+    reason,
 };
 use roster_proto::convert;
 
@@ -35,7 +36,7 @@ pub(crate) async fn prepare(
 ) -> Result<(User, Option<VerificationCode>), ApiError> {
     if !return_code {
         return Err(DomainError::precondition(
-            "DELIVERY_NOT_CONFIGURED",
+            reason::DELIVERY_NOT_CONFIGURED,
             "this server has no code delivery configured; ask for the code with return_code",
         )
         .into());
