@@ -8,12 +8,15 @@
 //! locked transaction and writing back only what changed.
 
 use async_trait::async_trait;
-use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
+use roster_domain::{
+    DomainError, EmailAddress, IdentificationId, PhoneNumber, User, UserId, UserRecord,
+};
 
 use crate::query::ListQuery;
 use crate::rows::{self, EMAIL_COLUMNS, EmailRow, PHONE_COLUMNS, PhoneRow, UserRow};
 use crate::sql::{
-    self, Dialect, EMAIL_WRITE_COLUMNS, PHONE_WRITE_COLUMNS, Statement, USER_WRITE_COLUMNS,
+    self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement,
+    USER_WRITE_COLUMNS,
 };
 use crate::{Mutation, StorageError, UserFilter, UserStore};
 
@@ -105,39 +108,75 @@ async fn list_users(conn: &mut dyn SqlConn, query: &ListQuery) -> Result<Vec<Use
         .collect())
 }
 
+/// Makes one identifier table hold `new` where it held `old`: deletes,
+/// then updates, then inserts, so an identifier removed and re-added never
+/// collides with itself on a unique index.
+async fn sync_rows<T: Identified + Sync>(
+    conn: &mut dyn SqlConn,
+    table: &str,
+    columns: &[&str],
+    old: &[T],
+    new: &[T],
+    binds: impl Fn(&T) -> Vec<Bind> + Send + Sync,
+) -> Result<(), StorageError> {
+    let dialect = conn.dialect();
+    let diff = sql::diff(old, new);
+    if !diff.removed.is_empty() {
+        conn.execute(sql::delete_by_ids(table, &diff.removed, dialect))
+            .await?;
+    }
+    for row in diff.changed {
+        conn.execute(sql::update_by_id(table, columns, binds(row), dialect))
+            .await?;
+    }
+    for row in diff.added {
+        conn.execute(sql::insert(table, columns, binds(row), dialect))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Brings both identifier tables from `old` to `user`'s identifiers.
+async fn sync_identifiers(
+    conn: &mut dyn SqlConn,
+    user: &User,
+    old_emails: &[EmailAddress],
+    old_phones: &[PhoneNumber],
+) -> Result<(), StorageError> {
+    let email_binds = |e: &EmailAddress| EmailRow::from_domain(&user.id, e).binds();
+    let phone_binds = |p: &PhoneNumber| PhoneRow::from_domain(&user.id, p).binds();
+    sync_rows(
+        conn,
+        "email_addresses",
+        &EMAIL_WRITE_COLUMNS,
+        old_emails,
+        &user.email_addresses,
+        email_binds,
+    )
+    .await?;
+    sync_rows(
+        conn,
+        "phone_numbers",
+        &PHONE_WRITE_COLUMNS,
+        old_phones,
+        &user.phone_numbers,
+        phone_binds,
+    )
+    .await
+}
+
 /// Inserts a user row and its identifiers.
 async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), StorageError> {
-    let dialect = conn.dialect();
     let user = &record.user;
-    let row = UserRow::from_record(record);
+    let binds = UserRow::from_record(record).binds(user);
     conn.execute(sql::insert(
         "users",
         &USER_WRITE_COLUMNS,
-        row.binds(user),
-        dialect,
+        binds,
+        conn.dialect(),
     ))
     .await?;
-    for e in &user.email_addresses {
-        let binds = EmailRow::from_domain(&user.id, e).binds();
-        conn.execute(sql::insert(
-            "email_addresses",
-            &EMAIL_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    for p in &user.phone_numbers {
-        let binds = PhoneRow::from_domain(&user.id, p).binds();
-        conn.execute(sql::insert(
-            "phone_numbers",
-            &PHONE_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    Ok(())
+    sync_identifiers(conn, user, &[], &[]).await
 }
 
 /// Writes the difference between the stored user and the mutated record.
@@ -146,74 +185,14 @@ async fn write_changes(
     old: &User,
     new: &UserRecord,
 ) -> Result<(), StorageError> {
-    let dialect = conn.dialect();
     let user = &new.user;
-    let emails = sql::diff(&old.email_addresses, &user.email_addresses);
-    let phones = sql::diff(&old.phone_numbers, &user.phone_numbers);
-    // Removals first, so an identifier removed and re-added never collides
-    // with itself on a unique index.
-    if !emails.removed.is_empty() {
-        conn.execute(sql::delete_by_ids(
-            "email_addresses",
-            &emails.removed,
-            dialect,
-        ))
-        .await?;
-    }
-    if !phones.removed.is_empty() {
-        conn.execute(sql::delete_by_ids(
-            "phone_numbers",
-            &phones.removed,
-            dialect,
-        ))
-        .await?;
-    }
-    for e in emails.changed {
-        let binds = EmailRow::from_domain(&user.id, e).binds();
-        conn.execute(sql::update_by_id(
-            "email_addresses",
-            &EMAIL_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    for p in phones.changed {
-        let binds = PhoneRow::from_domain(&user.id, p).binds();
-        conn.execute(sql::update_by_id(
-            "phone_numbers",
-            &PHONE_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    for e in emails.added {
-        let binds = EmailRow::from_domain(&user.id, e).binds();
-        conn.execute(sql::insert(
-            "email_addresses",
-            &EMAIL_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    for p in phones.added {
-        let binds = PhoneRow::from_domain(&user.id, p).binds();
-        conn.execute(sql::insert(
-            "phone_numbers",
-            &PHONE_WRITE_COLUMNS,
-            binds,
-            dialect,
-        ))
-        .await?;
-    }
-    let row = UserRow::from_record(new);
+    sync_identifiers(conn, user, &old.email_addresses, &old.phone_numbers).await?;
+    let binds = UserRow::from_record(new).binds(user);
     conn.execute(sql::update_by_id(
         "users",
         &USER_WRITE_COLUMNS,
-        row.binds(user),
-        dialect,
+        binds,
+        conn.dialect(),
     ))
     .await?;
     Ok(())
