@@ -8,6 +8,7 @@ use std::sync::Arc;
 use roster_client::{Client, ClientError};
 use roster_domain::{Clock, CodeKey, CodePolicy, Timestamp};
 use roster_server::database::Database;
+use roster_server::delivery::Deliveries;
 use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -65,6 +66,14 @@ impl TestServer {
     }
 
     pub async fn start_with_keys(backend: Backend, keys: &[&str]) -> Self {
+        Self::start_full(backend, keys, Deliveries::default()).await
+    }
+
+    pub async fn start_with_delivery(backend: Backend, delivery: Deliveries) -> Self {
+        Self::start_full(backend, &[], delivery).await
+    }
+
+    async fn start_full(backend: Backend, keys: &[&str], delivery: Deliveries) -> Self {
         let (url, dir) = database_url(backend).await;
         let db = Database::open(&url).await.unwrap();
         db.migrate().await.unwrap();
@@ -79,6 +88,7 @@ impl TestServer {
                 key: CodeKey::generate(),
                 policy: CodePolicy::default(),
             },
+            delivery,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

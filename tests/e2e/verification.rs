@@ -7,6 +7,9 @@ use roster_domain::{IdentificationId, User, VerificationStatus};
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
+use roster_server::delivery::Deliveries;
+use roster_server::delivery::webhook::{WebhookDelivery, WebhookSecret};
+
 use crate::harness::{Backend, TestServer, failure, on_both_backends};
 
 async fn unverified_user(c: &mut Client) -> (User, IdentificationId, IdentificationId) {
@@ -244,8 +247,198 @@ async fn concurrent_attempts_are_counted_one_by_one(backend: Backend) {
     server.stop().await;
 }
 
+/// The `ErrorInfo.reason` and `RetryInfo` delay of a refused call.
+fn rate_limit<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, u64) {
+    let err = result.unwrap_err();
+    let ClientError::Status(status) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a retry delay");
+    (
+        status.get_details_error_info().unwrap().reason,
+        delay.as_secs(),
+    )
+}
+
+async fn send_limits_per_identifier_and_per_user(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = server.client().await;
+    let user = c
+        .create_user(v1::CreateUserRequest {
+            email_addresses: vec![
+                "a@example.com".into(),
+                "b@example.com".into(),
+                "c@example.com".into(),
+            ],
+            unverified_identifiers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = user.email_addresses.iter().map(|e| e.id.clone()).collect();
+    // Five codes each to a and b, 30 s apart: the most one identifier gets
+    // in an hour.
+    for round in 0..5 {
+        for id in &ids[..2] {
+            c.prepare_email_address_verification(id, true)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        server.clock.advance(30_000);
+    }
+    let (reason, delay) = rate_limit(c.prepare_email_address_verification(&ids[0], true).await);
+    assert_eq!(reason, "VERIFICATION_SEND_LIMIT");
+    // The window opened with the first send, 150 s ago.
+    assert!((3440..=3450).contains(&delay), "{delay}");
+    // c has had no code, but the user has had ten: the eleventh is refused,
+    // and c's verification is untouched.
+    let (reason, _) = rate_limit(c.prepare_email_address_verification(&ids[2], true).await);
+    assert_eq!(reason, "VERIFICATION_SEND_LIMIT");
+    let untouched = c.get_email_address(&ids[2]).await.unwrap().verification;
+    assert_eq!((untouched.strategy, untouched.expire_at), (None, None));
+    // An hour after the first send, both windows reopen.
+    server.clock.advance(60 * 60 * 1000);
+    let (_, code) = c
+        .prepare_email_address_verification(&ids[2], true)
+        .await
+        .unwrap();
+    assert!(
+        c.attempt_email_address_verification(&ids[2], &code.unwrap())
+            .await
+            .unwrap()
+            .verification
+            .is_verified()
+    );
+    server.stop().await;
+}
+
+async fn unverified_copies_are_removed_when_another_user_verifies(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = server.client().await;
+    let unverified = |emails: &[&str], phones: &[&str]| v1::CreateUserRequest {
+        email_addresses: emails.iter().map(|e| (*e).to_owned()).collect(),
+        phone_numbers: phones.iter().map(|p| (*p).to_owned()).collect(),
+        unverified_identifiers: true,
+        ..Default::default()
+    };
+    // Two accounts hold the same unverified address: neither blocks the
+    // other.
+    let squatter = c
+        .create_user(unverified(&["Shared@example.com"], &["+14155550100"]))
+        .await
+        .unwrap();
+    let owner = c
+        .create_user(unverified(&["shared@example.com"], &[]))
+        .await
+        .unwrap();
+    let email = owner.email_addresses[0].id.clone();
+    let (_, code) = c
+        .prepare_email_address_verification(&email, true)
+        .await
+        .unwrap();
+    c.attempt_email_address_verification(&email, &code.unwrap())
+        .await
+        .unwrap();
+    // The owner proved it: it is primary there, and gone from the squatter.
+    assert_eq!(
+        c.get_user(&owner.id)
+            .await
+            .unwrap()
+            .primary_email_address_id,
+        Some(email)
+    );
+    let squatter_now = c.get_user(&squatter.id).await.unwrap();
+    assert!(squatter_now.email_addresses.is_empty());
+    assert_eq!(squatter_now.phone_numbers.len(), 1);
+    assert_eq!(
+        failure(c.get_email_address(&squatter.email_addresses[0].id).await).0,
+        Code::NotFound
+    );
+    // A verified address is unique: no one may add even an unverified copy.
+    assert_eq!(
+        failure(
+            c.create_email_address(v1::CreateEmailAddressRequest {
+                user_id: squatter.id.to_string(),
+                email_address: "SHARED@example.com".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        (Code::AlreadyExists, "IDENTIFIER_EXISTS".into())
+    );
+    assert_eq!(
+        failure(
+            c.create_user(unverified(&["shared@example.com"], &[]))
+                .await
+        )
+        .1,
+        "IDENTIFIER_EXISTS"
+    );
+    server.stop().await;
+}
+
+/// A webhook delivery to a port nothing listens on.
+fn unreachable_webhook() -> Deliveries {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let webhook = WebhookDelivery::new(
+        &format!("http://127.0.0.1:{port}/codes"),
+        secret,
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    Deliveries {
+        email: Some(std::sync::Arc::new(webhook)),
+        sms: None,
+    }
+}
+
+async fn a_failed_delivery_leaves_no_code(backend: Backend) {
+    let server = TestServer::start_with_delivery(backend, unreachable_webhook()).await;
+    let mut c = server.client().await;
+    let (_, email, phone) = unverified_user(&mut c).await;
+    for _ in 0..2 {
+        // UNAVAILABLE, and no cooldown either: the code was withdrawn.
+        assert_eq!(
+            failure(c.prepare_email_address_verification(&email, false).await),
+            (Code::Unavailable, "DELIVERY_FAILED".into())
+        );
+        let v = c.get_email_address(&email).await.unwrap().verification;
+        assert_eq!(
+            (v.status, v.strategy, v.expire_at),
+            (VerificationStatus::Unverified, None, None)
+        );
+        assert_eq!(
+            failure(c.attempt_email_address_verification(&email, "000000").await).1,
+            "VERIFICATION_NOT_PREPARED"
+        );
+    }
+    // SMS delivery is not configured here; return_code still works.
+    assert_eq!(
+        failure(c.prepare_phone_number_verification(&phone, false).await).1,
+        "DELIVERY_NOT_CONFIGURED"
+    );
+    let (_, code) = c
+        .prepare_email_address_verification(&email, true)
+        .await
+        .unwrap();
+    assert!(code.is_some());
+    server.stop().await;
+}
+
 on_both_backends!(
     a_returned_code_verifies_once,
     codes_expire_resends_wait_and_new_codes_replace_old,
     concurrent_attempts_are_counted_one_by_one,
+    send_limits_per_identifier_and_per_user,
+    unverified_copies_are_removed_when_another_user_verifies,
+    a_failed_delivery_leaves_no_code,
 );

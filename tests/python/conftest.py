@@ -39,6 +39,8 @@ def stubs(tmp_path_factory):
     from roster.v1 import (  # noqa: E402
         email_address_service_pb2,
         email_address_service_pb2_grpc,
+        phone_number_service_pb2,
+        phone_number_service_pb2_grpc,
         user_pb2,
         user_service_pb2,
         user_service_pb2_grpc,
@@ -50,6 +52,8 @@ def stubs(tmp_path_factory):
         "users_grpc": user_service_pb2_grpc,
         "emails": email_address_service_pb2,
         "emails_grpc": email_address_service_pb2_grpc,
+        "phones": phone_number_service_pb2,
+        "phones_grpc": phone_number_service_pb2_grpc,
     }
 
 
@@ -65,12 +69,17 @@ def _database_url(backend, data_dir):
 
 
 class Server:
-    def __init__(self, backend):
+    """The roster binary; `env` adds ROSTER_* settings. Its log lines are in
+    `logs` once it stopped."""
+
+    def __init__(self, backend, env=None):
         self.dir = tempfile.TemporaryDirectory()
+        self.logs = ""
         env = {
             "PATH": os.environ.get("PATH", ""),
             "ROSTER_LOG_FORMAT": "json",
             "ROSTER_DATABASE_URL": _database_url(backend, self.dir.name),
+            **(env or {}),
         }
         self.process = subprocess.Popen(
             [ROSTER_BIN, "serve", "--grpc-addr", "127.0.0.1:0"],
@@ -92,17 +101,25 @@ class Server:
                 break
         else:
             raise RuntimeError("roster exited before serving:\n" + "".join(seen))
+        self._seen = seen
 
     def stop(self):
         self.process.terminate()
-        assert self.process.wait(timeout=30) == 0
+        _, rest = self.process.communicate(timeout=30)
+        assert self.process.returncode == 0
+        self.logs = "".join(self._seen) + rest
         self.dir.cleanup()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def server(request):
+def backend(request):
     if not os.path.exists(ROSTER_BIN):
         pytest.fail(f"{ROSTER_BIN} does not exist: build it with `cargo build -p roster-server`")
-    s = Server(request.param)
+    return request.param
+
+
+@pytest.fixture
+def server(backend):
+    s = Server(backend)
     yield s
     s.stop()

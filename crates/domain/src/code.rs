@@ -27,16 +27,64 @@ pub struct CodePolicy {
     pub max_attempts: u32,
     /// Least time between two codes for one identifier, in milliseconds.
     pub resend_cooldown_ms: i64,
+    /// Codes sent to one identifier per send window.
+    pub identifier_send_limit: u32,
+    /// Codes sent to all of one user's identifiers per send window.
+    pub user_send_limit: u32,
+    /// The window the send limits count in, in milliseconds.
+    pub send_window_ms: i64,
 }
 
 impl Default for CodePolicy {
-    /// Clerk's figures: 10 minutes, 5 attempts, 30 seconds.
+    /// Clerk's figures: 10 minutes, 5 attempts, 30 seconds; and at most 5
+    /// codes per identifier and 10 per user in an hour.
     fn default() -> Self {
         Self {
             ttl_ms: 10 * 60 * 1000,
             max_attempts: 5,
             resend_cooldown_ms: 30 * 1000,
+            identifier_send_limit: 5,
+            user_send_limit: 10,
+            send_window_ms: 60 * 60 * 1000,
         }
+    }
+}
+
+/// Codes sent in a fixed window: counts sends against a limit, and says
+/// when the window reopens once it is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendWindow {
+    /// When the current window began.
+    pub started_at: Timestamp,
+    /// Codes sent since then.
+    pub count: u32,
+}
+
+impl SendWindow {
+    /// Counts one more send, or refuses with the delay until the window
+    /// reopens. A window older than `window_ms` starts afresh.
+    pub fn admit(
+        &mut self,
+        limit: u32,
+        window_ms: i64,
+        now: Timestamp,
+        what: &str,
+    ) -> Result<(), DomainError> {
+        let reopens_at = self.started_at.plus_millis(window_ms);
+        if now >= reopens_at || now < self.started_at {
+            *self = Self {
+                started_at: now,
+                count: 0,
+            };
+        } else if self.count >= limit {
+            return Err(DomainError::RateLimited {
+                reason: reason::VERIFICATION_SEND_LIMIT,
+                message: format!("too many codes were sent to {what}; try again later"),
+                retry_after_ms: reopens_at.as_millis() - now.as_millis(),
+            });
+        }
+        self.count += 1;
+        Ok(())
     }
 }
 
@@ -244,6 +292,29 @@ mod tests {
             assert!(VerificationCode::parse(bad).is_err(), "{bad}");
         }
         assert!(CodeKey::new(b"short").is_none());
+    }
+
+    #[test]
+    fn send_windows_count_and_reopen() {
+        let mut window = SendWindow::default();
+        let t = |ms: i64| Timestamp::from_millis(1_000_000 + ms);
+        for i in 0..3 {
+            window.admit(3, 1000, t(i), "it").unwrap();
+        }
+        match window.admit(3, 1000, t(400), "it") {
+            Err(DomainError::RateLimited {
+                retry_after_ms,
+                reason,
+                ..
+            }) => {
+                assert_eq!(retry_after_ms, 600);
+                assert_eq!(reason, reason::VERIFICATION_SEND_LIMIT);
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        assert_eq!(window.count, 3, "a refused send is not counted");
+        window.admit(3, 1000, t(1000), "it").unwrap();
+        assert_eq!((window.started_at, window.count), (t(1000), 1));
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub mod reason {
     pub const DELIVERY_NOT_CONFIGURED: &str = "DELIVERY_NOT_CONFIGURED";
     /// A new code was asked for before the resend cooldown ended.
     pub const VERIFICATION_RESEND_TOO_SOON: &str = "VERIFICATION_RESEND_TOO_SOON";
+    /// Too many codes were sent to an identifier or a user in the send
+    /// window.
+    pub const VERIFICATION_SEND_LIMIT: &str = "VERIFICATION_SEND_LIMIT";
+    /// The code could not be delivered; no code is outstanding.
+    pub const DELIVERY_FAILED: &str = "DELIVERY_FAILED";
 }
 
 /// One bad field of a request.

@@ -27,14 +27,17 @@ pub mod time;
 pub mod user;
 pub mod values;
 
-pub use code::{AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, VerificationCode};
+pub use code::{
+    AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, SendWindow, VerificationCode,
+};
 pub use error::{DomainError, FieldViolation, Violations, reason};
 pub use id::{IdentificationId, UserId};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
-    Channel, EmailAddress, MetadataKind, NewIdentifiers, NewUser, PhoneNumber, ProfileChange, User,
-    UserRecord, UserUpdate, Verification, VerificationStatus, VerificationStrategy,
+    Channel, EmailAddress, IdentifierChange, MetadataKind, NewIdentifiers, NewUser, PhoneNumber,
+    ProfileChange, User, UserRecord, UserUpdate, Verification, VerificationStatus,
+    VerificationStrategy,
 };
 pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

@@ -14,7 +14,9 @@
 //!
 //! Uniqueness across users is the store's job (it lives in the database).
 
-use crate::code::{AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, VerificationCode};
+use crate::code::{
+    AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, SendWindow, VerificationCode,
+};
 use crate::error::{DomainError, FieldViolation, Violations, reason};
 use crate::id::{IdentificationId, UserId};
 use crate::metadata::{self, Metadata};
@@ -104,6 +106,16 @@ impl Channel {
     }
 }
 
+/// An identifier a change added or verified; see
+/// [`User::identifier_changes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifierChange {
+    pub channel: Channel,
+    /// The form uniqueness is decided on.
+    pub normalized: String,
+    pub verified: bool,
+}
+
 /// The proof state of an identifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {
@@ -115,6 +127,8 @@ pub struct Verification {
     pub expire_at: Option<Timestamp>,
     /// The outstanding code's hash; never shown by the API.
     pub code: Option<PendingCode>,
+    /// Codes sent in the current send window; never shown by the API.
+    pub sends: SendWindow,
 }
 
 impl Verification {
@@ -126,6 +140,7 @@ impl Verification {
             attempts: 0,
             expire_at: None,
             code: None,
+            sends: SendWindow::default(),
         }
     }
 
@@ -137,6 +152,7 @@ impl Verification {
             attempts: 0,
             expire_at: None,
             code: None,
+            sends: SendWindow::default(),
         }
     }
 
@@ -177,14 +193,37 @@ impl Verification {
                 });
             }
         }
+        let mut sends = self.sends;
+        sends.admit(
+            policy.identifier_send_limit,
+            policy.send_window_ms,
+            now,
+            "this identifier",
+        )?;
         *self = Self {
             status: VerificationStatus::Unverified,
             strategy: Some(strategy),
             attempts: 0,
             expire_at: Some(now.plus_millis(policy.ttl_ms)),
             code: Some(PendingCode { hash, sent_at: now }),
+            sends,
         };
         Ok(())
+    }
+
+    /// Withdraws the outstanding code if it is the one hashed as `hash`
+    /// (its delivery failed): no code is left to attempt, and a new one may
+    /// be prepared at once. The send still counts against the limits.
+    /// Returns whether the code was withdrawn.
+    pub fn withdraw(&mut self, hash: &CodeHash) -> bool {
+        if self.code.as_ref().is_none_or(|c| &c.hash != hash) {
+            return false;
+        }
+        *self = Self {
+            sends: self.sends,
+            ..Self::unverified()
+        };
+        true
     }
 
     /// Checks a code for the identifier `id`, recording the attempt.
@@ -942,6 +981,98 @@ impl User {
         Ok(())
     }
 
+    /// Withdraws the code hashed as `hash` from the email address or phone
+    /// number `id`, if it is still the outstanding one (see
+    /// [`Verification::withdraw`]).
+    pub fn withdraw_verification(
+        &mut self,
+        channel: Channel,
+        id: &IdentificationId,
+        hash: &CodeHash,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let (verification, updated_at) = self.verification_mut(channel, id)?;
+        if verification.withdraw(hash) {
+            *updated_at = now;
+            self.touch(now);
+        }
+        Ok(())
+    }
+
+    /// The identifiers that are new or newly verified since `before` (all
+    /// of them for a new user), as (channel, normalized form, verified).
+    /// The store checks these against other users: verified ones claim the
+    /// identifier, unverified ones must not be verified elsewhere.
+    pub fn identifier_changes(&self, before: Option<&User>) -> Vec<IdentifierChange> {
+        let was_verified = |channel: Channel, id: &IdentificationId| -> Option<bool> {
+            let before = before?;
+            match channel {
+                Channel::Email => before.email(id).map(|e| e.verification.is_verified()),
+                Channel::Phone => before.phone(id).map(|p| p.verification.is_verified()),
+            }
+        };
+        let emails = self.email_addresses.iter().map(|e| {
+            (
+                Channel::Email,
+                &e.id,
+                e.email.normalized(),
+                e.verification.is_verified(),
+            )
+        });
+        let phones = self.phone_numbers.iter().map(|p| {
+            (
+                Channel::Phone,
+                &p.id,
+                p.phone.as_str().to_owned(),
+                p.verification.is_verified(),
+            )
+        });
+        emails
+            .chain(phones)
+            .filter_map(|(channel, id, normalized, verified)| {
+                let changed = match was_verified(channel, id) {
+                    None => true,
+                    Some(was) => verified && !was,
+                };
+                changed.then_some(IdentifierChange {
+                    channel,
+                    normalized,
+                    verified,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the unverified copies of an email address or phone number
+    /// (by its normalized form) because another user verified it. Unlike
+    /// [`User::remove_email`] this may leave the user without identifiers:
+    /// the other user proved ownership, this one never did. Returns whether
+    /// anything was removed.
+    pub fn release_unverified(
+        &mut self,
+        channel: Channel,
+        normalized: &str,
+        now: Timestamp,
+    ) -> bool {
+        let before = self.identifier_count();
+        match channel {
+            Channel::Email => self
+                .email_addresses
+                .retain(|e| e.verification.is_verified() || e.email.normalized() != normalized),
+            Channel::Phone => self
+                .phone_numbers
+                .retain(|p| p.verification.is_verified() || p.phone.as_str() != normalized),
+        }
+        if self.identifier_count() == before {
+            return false;
+        }
+        // Only verified identifiers are primary, so no primary went; the
+        // call keeps the invariant obvious all the same.
+        self.ensure_primaries();
+        self.touch(now);
+        true
+    }
+
     /// Checks a code sent to the email address or phone number `id`. The
     /// attempt is recorded whatever its outcome; a verified identifier
     /// becomes primary when the user has none of its kind.
@@ -1072,6 +1203,8 @@ pub struct ProfileChange {
 pub struct UserRecord {
     pub user: User,
     password_hash: Option<PasswordHash>,
+    /// Codes sent to any of the user's identifiers in the current window.
+    pub code_sends: SendWindow,
 }
 
 impl UserRecord {
@@ -1082,6 +1215,7 @@ impl UserRecord {
         Self {
             user,
             password_hash,
+            code_sends: SendWindow::default(),
         }
     }
 
@@ -1094,6 +1228,27 @@ impl UserRecord {
         self.user.password_enabled = hash.is_some();
         self.password_hash = hash;
         self.user.updated_at = now;
+    }
+
+    /// Prepares a code verification of the email address or phone number
+    /// `id` (see [`User::prepare_verification`]), counting the send against
+    /// the user's limit as well as the identifier's.
+    pub fn prepare_verification(
+        &mut self,
+        channel: Channel,
+        id: &IdentificationId,
+        hash: CodeHash,
+        policy: &CodePolicy,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.user
+            .prepare_verification(channel, id, hash, policy, now)?;
+        self.code_sends.admit(
+            policy.user_send_limit,
+            policy.send_window_ms,
+            now,
+            "this user",
+        )
     }
 }
 

@@ -10,8 +10,8 @@ use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilt
 use roster_domain::{
     DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale,
     Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
-    ProfileChange, Timestamp, User, UserId, UserUpdate, Username, Verification, VerificationStatus,
-    VerificationStrategy, Violations, reason,
+    ProfileChange, SendWindow, Timestamp, User, UserId, UserUpdate, Username, Verification,
+    VerificationStatus, VerificationStrategy, Violations, reason,
 };
 use serde_json::Value as Json;
 
@@ -649,6 +649,7 @@ fn parse_verification(v: Option<v1::Verification>) -> Verification {
         attempts: u32::try_from(v.attempts).unwrap_or(0),
         expire_at: v.expire_at.as_ref().map(from_timestamp),
         code: None,
+        sends: SendWindow::default(),
     }
 }
 

@@ -4,7 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::delivery::smtp::{SmtpConfig, SmtpDelivery, SmtpTls};
+use crate::delivery::templates::TemplateSet;
+use crate::delivery::webhook::{WebhookDelivery, WebhookSecret};
+use crate::delivery::{Deliver, Deliveries};
 
 /// Roster: user management over gRPC.
 #[derive(Debug, Parser)]
@@ -21,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (migrating the database first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
 }
@@ -95,6 +102,137 @@ pub struct ServeArgs {
     /// Longest a call may run, e.g. `30s` or `500ms`.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// How email codes are delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmailDelivery {
+    /// Not delivered: only Backend API callers asking for `return_code`
+    /// get codes.
+    None,
+    /// Mail through an SMTP relay (`--smtp-*`).
+    Smtp,
+    /// A signed POST to `--webhook-url`.
+    Webhook,
+}
+
+/// How SMS codes are delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SmsDelivery {
+    /// Not delivered: only Backend API callers asking for `return_code`
+    /// get codes.
+    None,
+    /// A signed POST to `--webhook-url`, for a bridge to an SMS provider.
+    Webhook,
+}
+
+/// Flags of code delivery.
+#[derive(Clone, Debug, Args)]
+pub struct DeliveryArgs {
+    /// How email verification codes are delivered.
+    #[arg(long, env = "ROSTER_EMAIL_DELIVERY", value_enum, default_value_t = EmailDelivery::None)]
+    pub email_delivery: EmailDelivery,
+    /// How phone verification codes are delivered.
+    #[arg(long, env = "ROSTER_SMS_DELIVERY", value_enum, default_value_t = SmsDelivery::None)]
+    pub sms_delivery: SmsDelivery,
+    /// SMTP relay host name.
+    #[arg(long, env = "ROSTER_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP relay port. Default: 587 for starttls, 465 for tls, 25 for none.
+    #[arg(long, env = "ROSTER_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// How the SMTP connection is secured.
+    #[arg(long, env = "ROSTER_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name, when the relay wants a login.
+    #[arg(long, env = "ROSTER_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// SMTP password.
+    #[arg(long, env = "ROSTER_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// Sender of code mails, e.g. `Example <no-reply@example.com>`.
+    #[arg(long, env = "ROSTER_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// Directory of mail templates overriding the built-in ones (see the
+    /// README).
+    #[arg(long, env = "ROSTER_EMAIL_TEMPLATES")]
+    pub email_templates: Option<PathBuf>,
+    /// Endpoint webhook deliveries are POSTed to.
+    #[arg(long, env = "ROSTER_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// Secret webhooks are signed with: `whsec_` and the base64 of 24 to 64
+    /// random bytes.
+    #[arg(long, env = "ROSTER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Longest one delivery (SMTP or webhook) may take.
+    #[arg(long, env = "ROSTER_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+}
+
+impl DeliveryArgs {
+    /// Builds the configured deliveries, refusing incomplete settings.
+    pub fn deliveries(&self) -> Result<Deliveries, String> {
+        let webhook = if self.email_delivery == EmailDelivery::Webhook
+            || self.sms_delivery == SmsDelivery::Webhook
+        {
+            let url = self
+                .webhook_url
+                .as_deref()
+                .ok_or("webhook delivery needs --webhook-url")?;
+            let secret = self
+                .webhook_secret
+                .as_deref()
+                .ok_or("webhook delivery needs --webhook-secret")?;
+            let secret = WebhookSecret::parse(secret).map_err(|e| e.to_string())?;
+            let webhook = WebhookDelivery::new(url, secret, self.delivery_timeout)
+                .map_err(|e| e.to_string())?;
+            Some(Arc::new(webhook) as Arc<dyn Deliver>)
+        } else {
+            None
+        };
+        let email = match self.email_delivery {
+            EmailDelivery::None => None,
+            EmailDelivery::Webhook => webhook.clone(),
+            EmailDelivery::Smtp => Some(Arc::new(self.smtp()?) as Arc<dyn Deliver>),
+        };
+        let sms = match self.sms_delivery {
+            SmsDelivery::None => None,
+            SmsDelivery::Webhook => webhook,
+        };
+        Ok(Deliveries { email, sms })
+    }
+
+    fn smtp(&self) -> Result<SmtpDelivery, String> {
+        let host = self
+            .smtp_host
+            .clone()
+            .ok_or("SMTP delivery needs --smtp-host")?;
+        let from = self
+            .smtp_from
+            .clone()
+            .ok_or("SMTP delivery needs --smtp-from")?;
+        let credentials = match (&self.smtp_username, &self.smtp_password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (None, None) => None,
+            _ => return Err("--smtp-username and --smtp-password go together".to_owned()),
+        };
+        let templates = match &self.email_templates {
+            Some(dir) => TemplateSet::load(dir).map_err(|e| e.to_string())?,
+            None => TemplateSet::default(),
+        };
+        SmtpDelivery::new(SmtpConfig {
+            host,
+            port: self.smtp_port.unwrap_or(self.smtp_tls.default_port()),
+            tls: self.smtp_tls,
+            credentials,
+            from,
+            templates,
+            timeout: self.delivery_timeout,
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 impl ServeArgs {

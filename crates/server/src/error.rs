@@ -28,6 +28,9 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// A verification code could not be delivered.
+    #[error("code delivery failed")]
+    Delivery(#[source] crate::delivery::DeliveryError),
     /// A background task failed (panicked or was cancelled).
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -145,6 +148,24 @@ impl From<ApiError> for Status {
                     Code::Unavailable,
                     "the database is unavailable; retry later",
                     "STORAGE_UNAVAILABLE",
+                    HashMap::new(),
+                )
+            }
+            ApiError::Storage(StorageError::Aborted(cause)) => {
+                tracing::info!(error = %cause, "transaction aborted by a concurrent one");
+                status(
+                    Code::Aborted,
+                    "a concurrent change got in the way; retry",
+                    "CONCURRENT_UPDATE",
+                    HashMap::new(),
+                )
+            }
+            ApiError::Delivery(cause) => {
+                tracing::warn!(error = %cause, "code delivery failed");
+                status(
+                    Code::Unavailable,
+                    "the code could not be delivered; no code is outstanding, retry later",
+                    reason::DELIVERY_FAILED,
                     HashMap::new(),
                 )
             }

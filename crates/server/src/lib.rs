@@ -9,12 +9,14 @@
 //! - [`auth`]: the Backend API's secret keys.
 //! - [`error`]: the one mapping from domain and storage errors to statuses.
 //! - [`hashing`]: the bounded password-hashing pool.
+//! - [`delivery`]: sending verification codes by SMTP or webhook.
 //! - [`database`]: opening SQLite or PostgreSQL from a URL.
 //! - [`config`]: command-line flags and `ROSTER_*` variables.
 
 pub mod auth;
 pub mod config;
 pub mod database;
+pub mod delivery;
 pub mod error;
 pub mod hashing;
 pub mod services;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub hasher: Hasher,
     pub codes: CodeSettings,
+    /// How codes reach users, per channel.
+    pub delivery: delivery::Deliveries,
 }
 
 /// How the server behaves, beyond what it serves.

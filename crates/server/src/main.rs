@@ -77,6 +77,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         CodeKey::generate()
     };
+    let delivery = args
+        .delivery
+        .deliveries()
+        .map_err(|e| anyhow::anyhow!("code delivery: {e}"))?;
     let db = open(&args.database).await?;
     let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let state = AppState {
@@ -87,6 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key: code_key,
             policy: CodePolicy::default(),
         },
+        delivery,
     };
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
@@ -106,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => {
             let db = open(&args).await?;
             db.close().await;

@@ -66,6 +66,10 @@ fn map_error(error: sqlx::Error) -> StorageError {
                 field: field.to_owned(),
             }
         }
+        // 40001 is "serialization failure", 40P01 "deadlock detected".
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "40001" || c == "40P01") => {
+            StorageError::Aborted(Box::new(error))
+        }
         // Class 08 is "connection exception", 57P0x "operator intervention"
         // (shutdown), 53300 "too many connections": worth retrying.
         sqlx::Error::Database(db)
@@ -107,6 +111,8 @@ fn verification(row: &PgRow, first: usize) -> Result<VerificationColumns, sqlx::
         expire_at: row.try_get(first + 3)?,
         code_hash: row.try_get(first + 4)?,
         sent_at: row.try_get(first + 5)?,
+        window_start: row.try_get(first + 6)?,
+        window_sends: row.try_get(first + 7)?,
     })
 }
 
@@ -130,6 +136,8 @@ fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
         created_at: row.try_get(15)?,
         updated_at: row.try_get(16)?,
         last_sign_in_at: row.try_get(17)?,
+        code_window_start: row.try_get(18)?,
+        code_window_sends: row.try_get(19)?,
     })
 }
 
@@ -139,8 +147,8 @@ fn email_row(row: &PgRow) -> Result<EmailRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         email_address: row.try_get(2)?,
         verification: verification(row, 3)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
+        created_at: row.try_get(11)?,
+        updated_at: row.try_get(12)?,
     })
 }
 
@@ -150,10 +158,10 @@ fn phone_row(row: &PgRow) -> Result<PhoneRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         phone_number: row.try_get(2)?,
         verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(9)?,
-        default_second_factor: row.try_get(10)?,
-        created_at: row.try_get(11)?,
-        updated_at: row.try_get(12)?,
+        reserved_for_second_factor: row.try_get(11)?,
+        default_second_factor: row.try_get(12)?,
+        created_at: row.try_get(13)?,
+        updated_at: row.try_get(14)?,
     })
 }
 

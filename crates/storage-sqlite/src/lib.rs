@@ -85,6 +85,8 @@ fn verification(row: &SqliteRow, first: usize) -> Result<VerificationColumns, sq
         expire_at: row.try_get(first + 3)?,
         code_hash: row.try_get(first + 4)?,
         sent_at: row.try_get(first + 5)?,
+        window_start: row.try_get(first + 6)?,
+        window_sends: row.try_get(first + 7)?,
     })
 }
 
@@ -108,6 +110,8 @@ fn user_row(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
         created_at: row.try_get(15)?,
         updated_at: row.try_get(16)?,
         last_sign_in_at: row.try_get(17)?,
+        code_window_start: row.try_get(18)?,
+        code_window_sends: row.try_get(19)?,
     })
 }
 
@@ -117,8 +121,8 @@ fn email_row(row: &SqliteRow) -> Result<EmailRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         email_address: row.try_get(2)?,
         verification: verification(row, 3)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
+        created_at: row.try_get(11)?,
+        updated_at: row.try_get(12)?,
     })
 }
 
@@ -128,10 +132,10 @@ fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
         user_id: row.try_get(1)?,
         phone_number: row.try_get(2)?,
         verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(9)?,
-        default_second_factor: row.try_get(10)?,
-        created_at: row.try_get(11)?,
-        updated_at: row.try_get(12)?,
+        reserved_for_second_factor: row.try_get(11)?,
+        default_second_factor: row.try_get(12)?,
+        created_at: row.try_get(13)?,
+        updated_at: row.try_get(14)?,
     })
 }
 

@@ -48,6 +48,7 @@ macro_rules! contract_suite {
             concurrent_updates_are_not_lost,
             update_of_missing_user_is_not_found,
             verification_codes_round_trip,
+            only_verified_identifiers_are_unique,
             delete_removes_everything,
             filters_select_the_right_users,
             every_order_pages_like_sorting_in_memory,
@@ -476,13 +477,7 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
         .update_user(
             &user.id,
             Box::new(move |r| {
-                r.user.prepare_verification(
-                    Channel::Email,
-                    &e,
-                    k.hash(&e, &code),
-                    &policy,
-                    at(1),
-                )?;
+                r.prepare_verification(Channel::Email, &e, k.hash(&e, &code), &policy, at(1))?;
                 let outcome =
                     r.user
                         .attempt_verification(Channel::Email, &e, &wrong, &k, &policy, at(2))?;
@@ -492,10 +487,17 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
         )
         .await
         .unwrap();
-    // The pending code (hash and send time) and the attempt count persist.
-    let loaded = store.get_user(&user.id).await.unwrap().unwrap();
+    // The pending code (hash and send time), the attempt count and the
+    // send counters persist.
+    let record = store.get_record(&user.id).await.unwrap().unwrap();
+    let loaded = record.user;
     assert_eq!(loaded, prepared);
     let v = &loaded.email(&email).unwrap().verification;
+    let one_send = roster_domain::SendWindow {
+        started_at: at(1),
+        count: 1,
+    };
+    assert_eq!((v.sends, record.code_sends), (one_send, one_send));
     assert_eq!((v.attempts, v.expire_at), (1, Some(at(1 + policy.ttl_ms))));
     assert_eq!(v.code.as_ref().unwrap().sent_at, at(1));
     assert!(key.matches(
@@ -781,4 +783,117 @@ pub async fn query_matches_substrings_literally(store: Arc<dyn UserStore>) {
     assert_eq!(ids(s, q("%")).await, set(&[&a]));
     assert_eq!(ids(s, q("g_ace")).await, set(&[]));
     assert_eq!(ids(s, q(&b.id.as_str()[5..20])).await, set(&[&b]));
+}
+
+/// A user whose identifiers are all unverified.
+fn unverified_user(emails: &[&str], phones: &[&str], offset: i64) -> User {
+    let mut user = new_user(emails, phones, None, offset);
+    for e in &mut user.email_addresses {
+        e.verification = roster_domain::Verification::unverified();
+    }
+    for p in &mut user.phone_numbers {
+        p.verification = roster_domain::Verification::unverified();
+    }
+    user.primary_email_address_id = None;
+    user.primary_phone_number_id = None;
+    user
+}
+
+pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
+    // Unverified copies neither block each other nor are claimed on insert.
+    let holder = new_user(&["mine@example.com"], &[], None, 0);
+    let mut holder = holder;
+    let shared = unverified_user(&["Shared@example.com"], &["+14155550199"], 0);
+    holder
+        .email_addresses
+        .push(shared.email_addresses[0].clone());
+    insert(store.as_ref(), &holder).await;
+    let lone = unverified_user(&["shared@EXAMPLE.com"], &[], 1);
+    insert(store.as_ref(), &lone).await;
+    let phone_only = unverified_user(&[], &["+1 415 555 0199"], 2);
+    insert(store.as_ref(), &phone_only).await;
+
+    // A third user verifies the address and the number: every unverified
+    // copy elsewhere goes in the same transaction.
+    let claimer = unverified_user(&["SHARED@example.com"], &["+14155550199"], 3);
+    insert(store.as_ref(), &claimer).await;
+    let (email, phone) = (
+        claimer.email_addresses[0].id.clone(),
+        claimer.phone_numbers[0].id.clone(),
+    );
+    let verified = store
+        .update_user(
+            &claimer.id,
+            Box::new(move |r| {
+                r.user.set_email_verified(&email, true, at(4))?;
+                r.user.set_phone_verified(&phone, true, at(4))
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(verified.email_addresses[0].verification.is_verified());
+    let holder_now = store.get_user(&holder.id).await.unwrap().unwrap();
+    assert_eq!(
+        holder_now
+            .email_addresses
+            .iter()
+            .map(|e| e.email.as_str())
+            .collect::<Vec<_>>(),
+        ["mine@example.com"],
+        "the unverified copy went, the verified address stayed"
+    );
+    assert_eq!(holder_now.updated_at, at(4));
+    // A user whose only identifier was claimed is left without any.
+    let lone_now = store.get_user(&lone.id).await.unwrap().unwrap();
+    assert!(lone_now.email_addresses.is_empty() && lone_now.phone_numbers.is_empty());
+    assert!(
+        store
+            .get_user(&phone_only.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .phone_numbers
+            .is_empty()
+    );
+    // Search follows: only the claimer matches the address now.
+    let found = store
+        .count_users(&UserFilter {
+            query: Some("shared@".into()),
+            ..UserFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found, 1);
+
+    // Once verified, the address blocks unverified copies too, on insert
+    // and on update, and nothing of the refused change is written.
+    let late = unverified_user(&["shared@example.com"], &[], 5);
+    assert_eq!(
+        conflict_field(store.insert_user(&UserRecord::new(late, None)).await),
+        "email_address"
+    );
+    assert_eq!(
+        conflict_field(
+            store
+                .update_user(
+                    &holder.id,
+                    Box::new(|r| {
+                        r.user.add_phone(
+                            Phone::parse("+14155550199").unwrap(),
+                            false,
+                            false,
+                            false,
+                            at(6),
+                        )?;
+                        Ok(())
+                    }),
+                )
+                .await
+        ),
+        "phone_number"
+    );
+    assert_eq!(
+        store.get_user(&holder.id).await.unwrap().unwrap(),
+        holder_now
+    );
 }

@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use roster_domain::{
-    DomainError, EmailAddress, IdentificationId, PhoneNumber, User, UserId, UserRecord,
+    Channel, DomainError, EmailAddress, IdentificationId, PhoneNumber, User, UserId, UserRecord,
 };
 
 use crate::query::ListQuery;
@@ -165,9 +165,68 @@ async fn sync_identifiers(
     .await
 }
 
+/// Parses a user id read back from the database.
+fn stored_user_id(text: &str) -> Result<UserId, StorageError> {
+    UserId::parse(text)
+        .map_err(|_| StorageError::internal(format!("stored user id is invalid: {text:?}")))
+}
+
+/// Applies uniqueness across users to the identifiers `user` added or
+/// verified since `before`: only verified identifiers are unique. An
+/// identifier verified here removes the unverified copies other users hold
+/// (each through the domain, so their primaries and search text stay
+/// right); one added unverified is refused if another user verified it.
+/// Two users verifying one identifier at once are settled by the partial
+/// unique index.
+async fn settle_uniqueness(
+    conn: &mut dyn SqlConn,
+    user: &User,
+    before: Option<&User>,
+) -> Result<(), StorageError> {
+    for change in user.identifier_changes(before) {
+        let (table, column, field) = match change.channel {
+            Channel::Email => ("email_addresses", "email_normalized", "email_address"),
+            Channel::Phone => ("phone_numbers", "phone_number", "phone_number"),
+        };
+        let holders = conn
+            .fetch_texts(sql::identifier_holders(
+                table,
+                column,
+                &change.normalized,
+                user.id.as_str(),
+                !change.verified,
+                conn.dialect(),
+            ))
+            .await?;
+        if !change.verified {
+            if !holders.is_empty() {
+                return Err(StorageError::Conflict {
+                    field: field.to_owned(),
+                });
+            }
+            continue;
+        }
+        for holder in holders {
+            let holder = stored_user_id(&holder)?;
+            let Some(mut record) = load_record(conn, &holder, true).await? else {
+                continue;
+            };
+            let old = record.user.clone();
+            if record
+                .user
+                .release_unverified(change.channel, &change.normalized, user.updated_at)
+            {
+                write_record(conn, &old, &record).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Inserts a user row and its identifiers.
 async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), StorageError> {
     let user = &record.user;
+    settle_uniqueness(conn, user, None).await?;
     let binds = UserRow::from_record(record).binds(user);
     conn.execute(sql::insert(
         "users",
@@ -179,8 +238,19 @@ async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), 
     sync_identifiers(conn, user, &[], &[]).await
 }
 
-/// Writes the difference between the stored user and the mutated record.
+/// Writes the difference between the stored user and the mutated record,
+/// after settling uniqueness with other users.
 async fn write_changes(
+    conn: &mut dyn SqlConn,
+    old: &User,
+    new: &UserRecord,
+) -> Result<(), StorageError> {
+    settle_uniqueness(conn, &new.user, Some(old)).await?;
+    write_record(conn, old, new).await
+}
+
+/// Writes the difference between the stored user and `new`.
+async fn write_record(
     conn: &mut dyn SqlConn,
     old: &User,
     new: &UserRecord,
@@ -251,14 +321,7 @@ impl<D: SqlDatabase> UserStore for D {
         let owners = conn
             .fetch_texts(sql::identification_owner(id.as_str(), conn.dialect()))
             .await?;
-        owners
-            .first()
-            .map(|o| {
-                UserId::parse(o).map_err(|_| {
-                    StorageError::internal(format!("stored user id is invalid: {o:?}"))
-                })
-            })
-            .transpose()
+        owners.first().map(|o| stored_user_id(o)).transpose()
     }
 
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {

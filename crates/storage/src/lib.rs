@@ -37,6 +37,11 @@ pub enum StorageError {
     /// A domain rule refused the change; nothing was written.
     #[error(transparent)]
     Rejected(#[from] DomainError),
+    /// The database gave up the transaction to settle a conflict with a
+    /// concurrent one (a deadlock or serialization failure); nothing was
+    /// written and retrying may succeed.
+    #[error("transaction aborted by a concurrent one")]
+    Aborted(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database cannot be reached; retrying later may succeed.
     #[error("database unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -4,8 +4,8 @@
 
 use roster_domain::{
     CodeHash, Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name,
-    PasswordHash, PendingCode, Phone, PhoneNumber, Timestamp, User, UserId, UserRecord, Username,
-    Verification, VerificationStatus, VerificationStrategy,
+    PasswordHash, PendingCode, Phone, PhoneNumber, SendWindow, Timestamp, User, UserId, UserRecord,
+    Username, Verification, VerificationStatus, VerificationStrategy,
 };
 
 use crate::StorageError;
@@ -33,6 +33,10 @@ pub struct UserRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_sign_in_at: Option<i64>,
+    /// Start of the window the user's code sends count in.
+    pub code_window_start: i64,
+    /// Codes sent to the user's identifiers in that window.
+    pub code_window_sends: i64,
 }
 
 /// A row of `email_addresses`.
@@ -70,19 +74,23 @@ pub struct VerificationColumns {
     pub code_hash: Option<String>,
     /// When the outstanding code was sent.
     pub sent_at: Option<i64>,
+    /// Start of the window the identifier's code sends count in.
+    pub window_start: i64,
+    /// Codes sent to the identifier in that window.
+    pub window_sends: i64,
 }
 
 /// How many columns [`VerificationColumns`] spans.
-pub const VERIFICATION_COLUMN_COUNT: usize = 6;
+pub const VERIFICATION_COLUMN_COUNT: usize = 8;
 
 /// Columns of `email_addresses`, in [`EmailRow`] order.
 pub const EMAIL_COLUMNS: &str = "id, user_id, email_address, verification_status, verification_strategy, \
      verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
-     created_at, updated_at";
+     verification_window_start, verification_window_sends, created_at, updated_at";
 /// Columns of `phone_numbers`, in [`PhoneRow`] order.
 pub const PHONE_COLUMNS: &str = "id, user_id, phone_number, verification_status, verification_strategy, \
      verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
-     reserved_for_second_factor, default_second_factor, created_at, updated_at";
+     verification_window_start, verification_window_sends, reserved_for_second_factor, default_second_factor, created_at, updated_at";
 
 fn corrupt(what: &str, value: &str) -> StorageError {
     StorageError::internal(format!("stored {what} is invalid: {value:?}"))
@@ -116,6 +124,8 @@ impl VerificationColumns {
             expire_at: v.expire_at.map(Timestamp::as_millis),
             code_hash: v.code.as_ref().map(|c| c.hash.as_str().to_owned()),
             sent_at: v.code.as_ref().map(|c| c.sent_at.as_millis()),
+            window_start: v.sends.started_at.as_millis(),
+            window_sends: i64::from(v.sends.count),
         }
     }
 
@@ -139,6 +149,7 @@ impl VerificationColumns {
                 }),
                 _ => None,
             },
+            sends: send_window(self.window_start, self.window_sends),
         })
     }
 
@@ -150,7 +161,16 @@ impl VerificationColumns {
             opt_int(self.expire_at),
             opt_text(self.code_hash.as_ref()),
             opt_int(self.sent_at),
+            Bind::Int(self.window_start),
+            Bind::Int(self.window_sends),
         ]
+    }
+}
+
+fn send_window(start: i64, sends: i64) -> SendWindow {
+    SendWindow {
+        started_at: Timestamp::from_millis(start),
+        count: u32::try_from(sends).unwrap_or(u32::MAX),
     }
 }
 
@@ -193,6 +213,8 @@ impl UserRow {
             created_at: u.created_at.as_millis(),
             updated_at: u.updated_at.as_millis(),
             last_sign_in_at: u.last_sign_in_at.map(Timestamp::as_millis),
+            code_window_start: record.code_sends.started_at.as_millis(),
+            code_window_sends: i64::from(record.code_sends.count),
         }
     }
 
@@ -225,6 +247,8 @@ impl UserRow {
             Bind::Int(self.updated_at),
             opt_int(self.last_sign_in_at),
             Bind::Text(user.search_text()),
+            Bind::Int(self.code_window_start),
+            Bind::Int(self.code_window_sends),
         ]
     }
 
@@ -277,10 +301,9 @@ impl UserRow {
             updated_at: Timestamp::from_millis(self.updated_at),
             last_sign_in_at: self.last_sign_in_at.map(Timestamp::from_millis),
         };
-        Ok(UserRecord::new(
-            user,
-            self.password_hash.map(PasswordHash::from_stored),
-        ))
+        let mut record = UserRecord::new(user, self.password_hash.map(PasswordHash::from_stored));
+        record.code_sends = send_window(self.code_window_start, self.code_window_sends);
+        Ok(record)
     }
 }
 

@@ -47,10 +47,11 @@ pub struct Statement {
 pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, u.username, u.locale, \
      u.primary_email_address_id, u.primary_phone_number_id, u.password_hash, \
      CAST(u.public_metadata AS TEXT), CAST(u.private_metadata AS TEXT), CAST(u.unsafe_metadata AS TEXT), \
-     u.banned, u.locked, u.has_image, u.created_at, u.updated_at, u.last_sign_in_at";
+     u.banned, u.locked, u.has_image, u.created_at, u.updated_at, u.last_sign_in_at, \
+     u.code_window_start, u.code_window_sends";
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order.
-pub const USER_WRITE_COLUMNS: [&str; 21] = [
+pub const USER_WRITE_COLUMNS: [&str; 23] = [
     "id",
     "external_id",
     "first_name",
@@ -72,10 +73,12 @@ pub const USER_WRITE_COLUMNS: [&str; 21] = [
     "updated_at",
     "last_sign_in_at",
     "search_text",
+    "code_window_start",
+    "code_window_sends",
 ];
 
 /// Columns [`crate::rows::EmailRow::binds`] writes, in order.
-pub const EMAIL_WRITE_COLUMNS: [&str; 12] = [
+pub const EMAIL_WRITE_COLUMNS: [&str; 14] = [
     "id",
     "user_id",
     "email_address",
@@ -86,12 +89,14 @@ pub const EMAIL_WRITE_COLUMNS: [&str; 12] = [
     "verification_expire_at",
     "verification_code_hash",
     "verification_sent_at",
+    "verification_window_start",
+    "verification_window_sends",
     "created_at",
     "updated_at",
 ];
 
 /// Columns [`crate::rows::PhoneRow::binds`] writes, in order.
-pub const PHONE_WRITE_COLUMNS: [&str; 13] = [
+pub const PHONE_WRITE_COLUMNS: [&str; 15] = [
     "id",
     "user_id",
     "phone_number",
@@ -101,6 +106,8 @@ pub const PHONE_WRITE_COLUMNS: [&str; 13] = [
     "verification_expire_at",
     "verification_code_hash",
     "verification_sent_at",
+    "verification_window_start",
+    "verification_window_sends",
     "reserved_for_second_factor",
     "default_second_factor",
     "created_at",
@@ -358,6 +365,33 @@ pub fn identification_owner(id: &str, dialect: Dialect) -> Statement {
     b.bind(Bind::Text(id.to_owned()));
     b.push(" UNION ALL SELECT user_id FROM phone_numbers WHERE id = ");
     b.bind(Bind::Text(id.to_owned()));
+    b.finish()
+}
+
+/// `SELECT` of the users other than `user_id` holding the identifier
+/// `normalized` (in `table`'s `column`), verified or not as `verified`
+/// says; in id order, so concurrent claimers lock in the same order.
+pub fn identifier_holders(
+    table: &str,
+    column: &str,
+    normalized: &str,
+    user_id: &str,
+    verified: bool,
+    dialect: Dialect,
+) -> Statement {
+    let mut b = Builder::new(
+        dialect,
+        &format!("SELECT DISTINCT user_id FROM {table} WHERE {column} = "),
+    );
+    b.bind(Bind::Text(normalized.to_owned()));
+    b.push(" AND user_id <> ");
+    b.bind(Bind::Text(user_id.to_owned()));
+    b.push(if verified {
+        " AND verification_status = 'verified'"
+    } else {
+        " AND verification_status <> 'verified'"
+    });
+    b.push(" ORDER BY user_id");
     b.finish()
 }
 

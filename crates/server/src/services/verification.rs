@@ -17,6 +17,7 @@ use roster_proto::convert;
 
 use super::owner_id;
 use crate::AppState;
+use crate::delivery::CodeMessage;
 use crate::error::ApiError;
 
 /// The key and limits of verification codes.
@@ -26,37 +27,96 @@ pub struct CodeSettings {
     pub policy: CodePolicy,
 }
 
-/// Prepares a code for an identifier; returns its user and, when the
-/// caller asked for it, the code.
+/// Prepares a code for an identifier and delivers it, or, when the
+/// caller asked for it (`return_code`, Backend API only), returns it
+/// instead of delivering it.
+///
+/// The code is committed before it is sent, so the identifier's lock is not
+/// held across the network. If delivery fails the code is withdrawn again
+/// and the caller gets UNAVAILABLE: no code is left that nobody received.
+/// Delivery and withdrawal run in their own task, so a caller who hangs up
+/// mid-send cannot leave the code behind either.
 pub(crate) async fn prepare(
     state: &AppState,
     id: &IdentificationId,
     channel: Channel,
     return_code: bool,
 ) -> Result<(User, Option<VerificationCode>), ApiError> {
-    if !return_code {
-        return Err(DomainError::precondition(
-            reason::DELIVERY_NOT_CONFIGURED,
-            "this server has no code delivery configured; ask for the code with return_code",
-        )
-        .into());
-    }
+    let delivery = if return_code {
+        None
+    } else {
+        Some(state.delivery.for_channel(channel).cloned().ok_or_else(|| {
+            DomainError::precondition(
+                reason::DELIVERY_NOT_CONFIGURED,
+                format!(
+                    "this server has no delivery configured for {}s; ask for the code with return_code",
+                    channel.what()
+                ),
+            )
+        })?)
+    };
     let owner = owner_id(state, id, channel.what()).await?;
     let code = VerificationCode::generate();
     let hash = state.codes.key.hash(id, &code);
     let (policy, now, target) = (state.codes.policy, state.clock.now(), id.clone());
+    let stored = hash.clone();
     let user = state
         .users
         .update_user(
             &owner,
-            Box::new(move |r| {
-                r.user
-                    .prepare_verification(channel, &target, hash, &policy, now)
-            }),
+            Box::new(move |r| r.prepare_verification(channel, &target, stored, &policy, now)),
         )
         .await?;
     tracing::info!(user_id = %user.id, identification_id = %id, "verification code prepared");
-    Ok((user, return_code.then_some(code)))
+    let Some(delivery) = delivery else {
+        return Ok((user, Some(code)));
+    };
+    let message = CodeMessage {
+        channel,
+        to: identifier_text(&user, channel, id)?,
+        code,
+        locale: user.locale.as_ref().map(ToString::to_string),
+        user_id: user.id.clone(),
+        identification_id: id.clone(),
+        expire_at: now.plus_millis(policy.ttl_ms),
+        valid_minutes: policy.ttl_ms / 60_000,
+    };
+    let (users, clock, target) = (state.users.clone(), state.clock.clone(), id.clone());
+    let sent = tokio::spawn(async move {
+        let Err(error) = delivery.deliver(&message).await else {
+            return Ok(());
+        };
+        let withdrawn = users
+            .update_user(
+                &message.user_id,
+                Box::new(move |r| {
+                    r.user
+                        .withdraw_verification(channel, &target, &hash, clock.now())
+                }),
+            )
+            .await;
+        if let Err(e) = withdrawn {
+            tracing::error!(error = %e, "withdrawing an undelivered code failed");
+        }
+        Err(error)
+    })
+    .await?;
+    sent.map_err(ApiError::Delivery)?;
+    tracing::info!(user_id = %user.id, identification_id = %id, "verification code delivered");
+    Ok((user, None))
+}
+
+/// The address or number `id` stands for, to send a code to.
+fn identifier_text(
+    user: &User,
+    channel: Channel,
+    id: &IdentificationId,
+) -> Result<String, ApiError> {
+    let text = match channel {
+        Channel::Email => user.email(id).map(|e| e.email.to_string()),
+        Channel::Phone => user.phone(id).map(|p| p.phone.to_string()),
+    };
+    text.ok_or(ApiError::Internal("a prepared identifier vanished"))
 }
 
 /// Checks a code; returns the user with the identifier verified, or the
