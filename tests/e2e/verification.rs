@@ -381,6 +381,65 @@ async fn unverified_copies_are_removed_when_another_user_verifies(backend: Backe
     server.stop().await;
 }
 
+async fn concurrent_verifiers_of_one_address_one_wins(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = server.client().await;
+    for round in 0..3 {
+        let address = format!("race{round}@example.com");
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let user = c
+                .create_user(v1::CreateUserRequest {
+                    email_addresses: vec![address.clone()],
+                    unverified_identifiers: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let email = user.email_addresses[0].id.clone();
+            let (_, code) = c
+                .prepare_email_address_verification(&email, true)
+                .await
+                .unwrap();
+            holders.push((user.id, email, code.unwrap()));
+        }
+        let calls: Vec<_> = holders
+            .iter()
+            .map(|(_, email, code)| {
+                let (mut c, email, code) = (c.clone(), email.clone(), code.clone());
+                tokio::spawn(
+                    async move { c.attempt_email_address_verification(&email, &code).await },
+                )
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap().map(|_| ()).map_err(|e| e.code()));
+        }
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count(),
+            1,
+            "{outcomes:?}"
+        );
+        for outcome in &outcomes {
+            if let Err(code) = outcome {
+                assert!(
+                    matches!(code, Some(Code::AlreadyExists | Code::NotFound)),
+                    "{outcomes:?}"
+                );
+            }
+        }
+        // Exactly one user holds the address now, verified.
+        let mut held = Vec::new();
+        for (user, _, _) in &holders {
+            held.extend(c.get_user(user).await.unwrap().email_addresses);
+        }
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert!(held[0].verification.is_verified());
+    }
+    server.stop().await;
+}
+
 /// A webhook delivery to a port nothing listens on.
 fn unreachable_webhook() -> Deliveries {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -441,4 +500,5 @@ on_both_backends!(
     send_limits_per_identifier_and_per_user,
     unverified_copies_are_removed_when_another_user_verifies,
     a_failed_delivery_leaves_no_code,
+    concurrent_verifiers_of_one_address_one_wins,
 );

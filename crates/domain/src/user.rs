@@ -1508,6 +1508,113 @@ mod tests {
         (id, code)
     }
 
+    #[test]
+    fn a_withdrawn_code_leaves_nothing_to_attempt_and_no_cooldown() {
+        let key = CodeKey::generate();
+        let policy = CodePolicy::default();
+        let mut u = user(&["a@example.com"], &[], false);
+        let (id, code) = prepared(&mut u, &key, T0);
+        // Another code's hash withdraws nothing.
+        let stale = key.hash(&id, &other_code(&code));
+        u.withdraw_verification(Channel::Email, &id, &stale, T0)
+            .unwrap();
+        assert!(u.email(&id).unwrap().verification.code.is_some());
+        u.withdraw_verification(Channel::Email, &id, &key.hash(&id, &code), T0)
+            .unwrap();
+        let v = &u.email(&id).unwrap().verification;
+        assert_eq!(
+            (v.status, v.code.as_ref(), v.expire_at),
+            (VerificationStatus::Unverified, None, None)
+        );
+        assert_eq!(v.sends.count, 1, "the failed send still counts");
+        assert_eq!(
+            u.attempt_verification(Channel::Email, &id, &code, &key, &policy, T0)
+                .unwrap(),
+            AttemptOutcome::NotPrepared
+        );
+        // No cooldown: a new code may be prepared at once.
+        prepared(&mut u, &key, T0);
+    }
+
+    #[test]
+    fn the_user_send_limit_spans_identifiers() {
+        let key = CodeKey::generate();
+        let policy = CodePolicy {
+            user_send_limit: 2,
+            ..CodePolicy::default()
+        };
+        let mut record = UserRecord::new(
+            user(
+                &["a@example.com", "b@example.com", "c@example.com"],
+                &[],
+                false,
+            ),
+            None,
+        );
+        let ids: Vec<_> = record
+            .user
+            .email_addresses
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        let code = VerificationCode::generate();
+        for id in &ids[..2] {
+            record
+                .prepare_verification(Channel::Email, id, key.hash(id, &code), &policy, T0)
+                .unwrap();
+        }
+        let err = record
+            .prepare_verification(
+                Channel::Email,
+                &ids[2],
+                key.hash(&ids[2], &code),
+                &policy,
+                T0,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            DomainError::RateLimited { reason: reason::VERIFICATION_SEND_LIMIT, retry_after_ms, .. }
+                if retry_after_ms == policy.send_window_ms
+        ));
+    }
+
+    #[test]
+    fn identifier_changes_name_what_was_added_or_verified() {
+        let before = user(
+            &["a@example.com", "b@example.com"],
+            &["+14155550101"],
+            false,
+        );
+        assert_eq!(before.identifier_changes(None).len(), 3);
+        let mut after = before.clone();
+        assert!(after.identifier_changes(Some(&before)).is_empty());
+        let b = after.email_addresses[1].id.clone();
+        after.set_email_verified(&b, true, T0).unwrap();
+        after
+            .add_phone(phone("+14155550102"), false, false, false, T0)
+            .unwrap();
+        assert_eq!(
+            after.identifier_changes(Some(&before)),
+            vec![
+                IdentifierChange {
+                    channel: Channel::Email,
+                    normalized: "b@example.com".into(),
+                    verified: true,
+                },
+                IdentifierChange {
+                    channel: Channel::Phone,
+                    normalized: "+14155550102".into(),
+                    verified: false,
+                },
+            ]
+        );
+        // Releasing removes only unverified copies.
+        assert!(!after.release_unverified(Channel::Email, "b@example.com", T0));
+        assert!(after.release_unverified(Channel::Email, "a@example.com", T0));
+        assert_eq!(after.email_addresses.len(), 1);
+    }
+
     fn other_code(code: &VerificationCode) -> VerificationCode {
         let n: u32 = code.as_str().parse().unwrap();
         VerificationCode::parse(&format!("{:06}", (n + 1) % 1_000_000)).unwrap()

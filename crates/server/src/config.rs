@@ -285,6 +285,51 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn delivery(args: &[&str]) -> Result<Deliveries, String> {
+        let cli = Cli::try_parse_from([&["roster", "serve"], args].concat()).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        serve.delivery.deliveries()
+    }
+
+    // The SMTP pool starts a task, so this needs a runtime.
+    #[tokio::test]
+    async fn delivery_settings_are_checked_at_start() {
+        let none = delivery(&[]).unwrap();
+        assert!(none.email.is_none() && none.sms.is_none());
+        let smtp = ["--email-delivery", "smtp", "--smtp-host", "localhost"];
+        assert!(delivery(&smtp).unwrap_err().contains("--smtp-from"));
+        let with_from = [&smtp[..], &["--smtp-from", "no-reply@example.com"]].concat();
+        let built = delivery(&with_from).unwrap();
+        assert!(built.email.is_some() && built.sms.is_none());
+        let half_login = [&with_from[..], &["--smtp-username", "u"]].concat();
+        assert!(delivery(&half_login).unwrap_err().contains("go together"));
+        let webhook = [
+            "--sms-delivery",
+            "webhook",
+            "--webhook-url",
+            "https://hooks.example.com/x",
+        ];
+        assert!(delivery(&webhook).unwrap_err().contains("--webhook-secret"));
+        let signed = [
+            &webhook[..],
+            &["--webhook-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        ]
+        .concat();
+        let built = delivery(&signed).unwrap();
+        assert!(built.email.is_none() && built.sms.is_some());
+        let ftp = [
+            "--email-delivery",
+            "webhook",
+            "--webhook-url",
+            "ftp://example.com",
+            "--webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ];
+        assert!(delivery(&ftp).unwrap_err().contains("http"));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

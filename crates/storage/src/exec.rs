@@ -176,8 +176,9 @@ fn stored_user_id(text: &str) -> Result<UserId, StorageError> {
 /// identifier verified here removes the unverified copies other users hold
 /// (each through the domain, so their primaries and search text stay
 /// right); one added unverified is refused if another user verified it.
-/// Two users verifying one identifier at once are settled by the partial
-/// unique index.
+/// Of two users verifying one identifier at once, one wins; the other finds
+/// its copy removed, or is refused as a conflict (by the partial unique
+/// index, or when the database breaks their lock wait).
 async fn settle_uniqueness(
     conn: &mut dyn SqlConn,
     user: &User,
@@ -208,7 +209,18 @@ async fn settle_uniqueness(
         }
         for holder in holders {
             let holder = stored_user_id(&holder)?;
-            let Some(mut record) = load_record(conn, &holder, true).await? else {
+            // A holder verifying the same identifier right now waits for
+            // this user's lock while this waits for its: PostgreSQL breaks
+            // the deadlock by aborting one, and that one lost the race.
+            let loaded = load_record(conn, &holder, true)
+                .await
+                .map_err(|e| match e {
+                    StorageError::Aborted(_) => StorageError::Conflict {
+                        field: field.to_owned(),
+                    },
+                    other => other,
+                })?;
+            let Some(mut record) = loaded else {
                 continue;
             };
             let old = record.user.clone();
