@@ -24,6 +24,7 @@ fn command(dir: &tempfile::TempDir) -> Command {
     cmd.env_clear()
         .env("ROSTER_LOG_FORMAT", "json")
         .env("ROSTER_DATA_DIR", dir.path())
+        .env("ROSTER_HTTP_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -212,6 +213,19 @@ fn serve_help_documents_every_flag_and_variable() {
         "ROSTER_REQUEST_TIMEOUT",
         "--log-format",
         "ROSTER_LOG_FORMAT",
+        "--http-addr",
+        "ROSTER_HTTP_ADDR",
+        "--email-delivery",
+        "ROSTER_EMAIL_DELIVERY",
+        "--sms-delivery",
+        "--smtp-host",
+        "--webhook-secret",
+        "ROSTER_WEBHOOK_SECRET",
+        "--token-algorithm",
+        "ROSTER_TOKEN_ALGORITHM",
+        "--token-issuer",
+        "--session-lifetime",
+        "--client-ip-header",
     ] {
         assert!(help.contains(text), "serve --help lacks {text}:\n{help}");
     }

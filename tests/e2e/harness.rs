@@ -9,6 +9,7 @@ use roster_client::{Client, ClientError};
 use roster_domain::{Clock, CodeKey, CodePolicy, Timestamp};
 use roster_server::database::Database;
 use roster_server::delivery::Deliveries;
+use roster_server::tokens::{SigningAlgorithm, TokenIssuer, TokenSettings};
 use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -54,7 +55,10 @@ impl Clock for ManualClock {
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The plain-HTTP port (JWKS).
+    pub http_addr: SocketAddr,
     pub clock: Arc<ManualClock>,
+    stop_http: Option<oneshot::Sender<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -80,8 +84,25 @@ impl TestServer {
         let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(
             roster_domain::SystemClock.now().as_millis(),
         )));
+        let tokens = TokenIssuer::start(
+            db.sessions().as_ref(),
+            TokenSettings {
+                // Ed25519 keys are made in microseconds; RS256 (the
+                // default) is covered by the binary and Python tests.
+                algorithm: SigningAlgorithm::Eddsa,
+                issuer: "https://roster.test".to_owned(),
+                ..TokenSettings::default()
+            },
+            clock.now(),
+        )
+        .await
+        .unwrap();
         let state = AppState {
             users: db.users(),
+            sessions: db.sessions(),
+            tokens: Arc::new(tokens),
+            session_lifetime_ms: roster_server::DEFAULT_SESSION_LIFETIME_MS,
+            client_ip: roster_server::activity::ClientIp::default(),
             clock: clock.clone(),
             hasher: Hasher::new(2),
             codes: CodeSettings {
@@ -92,6 +113,16 @@ impl TestServer {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http_listener.local_addr().unwrap();
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        tokio::spawn(roster_server::http::serve(
+            http_listener,
+            state.clone(),
+            async {
+                let _ = http_stopped.await;
+            },
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             secret_keys: SecretKeys::new(keys),
@@ -107,7 +138,9 @@ impl TestServer {
         });
         Self {
             addr,
+            http_addr,
             clock,
+            stop_http: Some(stop_http),
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -131,6 +164,9 @@ impl TestServer {
 
     /// Stops the server and waits until it has drained.
     pub async fn stop(mut self) {
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

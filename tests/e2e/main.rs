@@ -14,5 +14,6 @@ mod auth;
 mod binary;
 mod harness;
 mod identifiers;
+mod sessions;
 mod users;
 mod verification;

@@ -41,6 +41,10 @@ def stubs(tmp_path_factory):
         email_address_service_pb2_grpc,
         phone_number_service_pb2,
         phone_number_service_pb2_grpc,
+        session_service_pb2,
+        session_service_pb2_grpc,
+        sign_in_service_pb2,
+        sign_in_service_pb2_grpc,
         user_pb2,
         user_service_pb2,
         user_service_pb2_grpc,
@@ -54,6 +58,10 @@ def stubs(tmp_path_factory):
         "emails_grpc": email_address_service_pb2_grpc,
         "phones": phone_number_service_pb2,
         "phones_grpc": phone_number_service_pb2_grpc,
+        "sessions": session_service_pb2,
+        "sessions_grpc": session_service_pb2_grpc,
+        "sign_in": sign_in_service_pb2,
+        "sign_in_grpc": sign_in_service_pb2_grpc,
     }
 
 
@@ -82,7 +90,7 @@ class Server:
             **(env or {}),
         }
         self.process = subprocess.Popen(
-            [ROSTER_BIN, "serve", "--grpc-addr", "127.0.0.1:0"],
+            [ROSTER_BIN, "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -96,6 +104,8 @@ class Server:
                 event = json.loads(line)
             except ValueError:
                 continue
+            if event.get("message") == "serving HTTP":
+                self.http_address = event["addr"]
             if event.get("message") == "serving gRPC":
                 self.address = event["addr"]
                 break

@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt as _;
 use v1::email_address_service_client::EmailAddressServiceClient;
 use v1::phone_number_service_client::PhoneNumberServiceClient;
+use v1::session_service_client::SessionServiceClient;
 use v1::user_service_client::UserServiceClient;
 
 /// Why a call failed.
@@ -92,6 +93,7 @@ pub struct Client {
     users: UserServiceClient<Authed>,
     emails: EmailAddressServiceClient<Authed>,
     phones: PhoneNumberServiceClient<Authed>,
+    sessions: SessionServiceClient<Authed>,
 }
 
 fn missing(what: &str) -> ClientError {
@@ -132,8 +134,14 @@ impl Client {
         Ok(Self {
             users: UserServiceClient::with_interceptor(channel.clone(), auth.clone()),
             emails: EmailAddressServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            phones: PhoneNumberServiceClient::with_interceptor(channel, auth),
+            phones: PhoneNumberServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            sessions: SessionServiceClient::with_interceptor(channel, auth),
         })
+    }
+
+    /// The SessionService client (sessions and their tokens).
+    pub fn sessions(&mut self) -> &mut SessionServiceClient<Authed> {
+        &mut self.sessions
     }
 
     /// The raw UserService client, for calls this wrapper does not cover.

@@ -65,6 +65,20 @@ pub mod reason {
     /// Too many codes were sent to an identifier or a user in the send
     /// window.
     pub const VERIFICATION_SEND_LIMIT: &str = "VERIFICATION_SEND_LIMIT";
+    /// A wrong password (or no such account: the two are not told apart).
+    pub const FORM_PASSWORD_INCORRECT: &str = "FORM_PASSWORD_INCORRECT";
+    /// The user is banned and cannot sign in.
+    pub const USER_BANNED: &str = "USER_BANNED";
+    /// The user is locked and cannot sign in.
+    pub const USER_LOCKED: &str = "USER_LOCKED";
+    /// The sign-in was abandoned (it expired unfinished).
+    pub const SIGN_IN_EXPIRED: &str = "SIGN_IN_EXPIRED";
+    /// The sign-in is complete already.
+    pub const SIGN_IN_COMPLETE: &str = "SIGN_IN_COMPLETE";
+    /// The strategy is not one of the sign-in's supported first factors.
+    pub const STRATEGY_NOT_ALLOWED: &str = "STRATEGY_NOT_ALLOWED";
+    /// The session is revoked, ended or expired.
+    pub const SESSION_NOT_ACTIVE: &str = "SESSION_NOT_ACTIVE";
     /// The code could not be delivered; no code is outstanding.
     pub const DELIVERY_FAILED: &str = "DELIVERY_FAILED";
 }
@@ -180,6 +194,12 @@ pub enum DomainError {
     /// A verification code was wrong; the attempt was counted.
     #[error("incorrect code; {attempts_left} attempts left")]
     CodeIncorrect { attempts_left: u32 },
+    /// The caller may not do this (a banned or locked user signing in).
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     /// Too soon or too often; retry after the delay.
     #[error("{message}")]
     RateLimited {
@@ -213,6 +233,16 @@ impl DomainError {
             resource,
             id: id.into(),
         }
+    }
+}
+
+impl From<Vec<FieldViolation>> for DomainError {
+    fn from(violations: Vec<FieldViolation>) -> Self {
+        let mut v = Violations::new();
+        for violation in violations {
+            v.push(violation);
+        }
+        Self::Invalid(v)
     }
 }
 

@@ -106,6 +106,14 @@ prefixed_id!(
     /// Id of an identification: an email address or a phone number.
     IdentificationId, "idn_", "email address or phone number"
 );
+prefixed_id!(
+    /// Id of a session of a signed-in user.
+    SessionId, "sess_", "session"
+);
+prefixed_id!(
+    /// Id of a sign-in attempt.
+    SignInId, "sia_", "sign-in"
+);
 
 #[cfg(test)]
 mod tests {

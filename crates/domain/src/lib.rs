@@ -12,6 +12,7 @@
 //! - [`password`]: argon2id hashing and verification (synchronous; callers
 //!   run it off their async threads).
 //! - [`user`]: the aggregate and its rules.
+//! - [`session`]: sessions of signed-in users and their secrets.
 //! - [`error`]: [`DomainError`], field violations and the reasons clients
 //!   branch on.
 //!
@@ -23,6 +24,7 @@ pub mod id;
 pub mod metadata;
 pub mod password;
 pub mod query;
+pub mod session;
 pub mod time;
 pub mod user;
 pub mod values;
@@ -31,9 +33,10 @@ pub use code::{
     AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, SendWindow, VerificationCode,
 };
 pub use error::{DomainError, FieldViolation, Violations, reason};
-pub use id::{IdentificationId, UserId};
+pub use id::{IdentificationId, SessionId, SignInId, UserId};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
+pub use session::{Session, SessionActivity, SessionSecret, SessionStatus};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
     Channel, EmailAddress, IdentifierChange, MetadataKind, NewIdentifiers, NewUser, PhoneNumber,

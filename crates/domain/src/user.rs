@@ -1142,6 +1142,29 @@ impl User {
         .map_err(|v| DomainError::from(v.nested("metadata")))
     }
 
+    /// Records a completed sign-in.
+    pub fn record_sign_in(&mut self, now: Timestamp) {
+        self.last_sign_in_at = Some(now);
+        self.touch(now);
+    }
+
+    /// Refuses a sign-in of a banned or locked user.
+    pub fn ensure_can_sign_in(&self) -> Result<(), DomainError> {
+        if self.banned {
+            return Err(DomainError::PermissionDenied {
+                reason: reason::USER_BANNED,
+                message: "this account is banned".to_owned(),
+            });
+        }
+        if self.locked {
+            return Err(DomainError::PermissionDenied {
+                reason: reason::USER_LOCKED,
+                message: "this account is locked".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn set_banned(&mut self, banned: bool, now: Timestamp) {
         self.banned = banned;
         self.touch(now);

@@ -10,8 +10,9 @@ use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilt
 use roster_domain::{
     DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale,
     Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
-    ProfileChange, SendWindow, Timestamp, User, UserId, UserUpdate, Username, Verification,
-    VerificationStatus, VerificationStrategy, Violations, reason,
+    ProfileChange, SendWindow, Session, SessionId, SessionStatus, SignInId, Timestamp, User,
+    UserId, UserUpdate, Username, Verification, VerificationStatus, VerificationStrategy,
+    Violations, reason,
 };
 use serde_json::Value as Json;
 
@@ -173,6 +174,63 @@ pub fn phone_number(user: &User, p: &PhoneNumber) -> v1::PhoneNumber {
         created_at: Some(timestamp(p.created_at)),
         updated_at: Some(timestamp(p.updated_at)),
     }
+}
+
+/// A session as the API shows it, its status judged at `now`.
+pub fn session(s: &Session, now: Timestamp) -> v1::Session {
+    let a = &s.activity;
+    let status = match s.status_at(now) {
+        SessionStatus::Active => v1::SessionStatus::Active,
+        SessionStatus::Revoked => v1::SessionStatus::Revoked,
+        SessionStatus::Ended => v1::SessionStatus::Ended,
+        SessionStatus::Expired => v1::SessionStatus::Expired,
+    };
+    v1::Session {
+        id: s.id.to_string(),
+        user_id: s.user_id.to_string(),
+        status: status.into(),
+        last_active_at: Some(timestamp(s.last_active_at)),
+        expire_at: Some(timestamp(s.expire_at)),
+        created_at: Some(timestamp(s.created_at)),
+        updated_at: Some(timestamp(s.updated_at)),
+        latest_activity: Some(v1::SessionActivity {
+            ip_address: opt_string(a.ip_address.as_ref()),
+            user_agent: opt_string(a.user_agent.as_ref()),
+            browser_name: opt_string(a.browser_name.as_ref()),
+            browser_version: opt_string(a.browser_version.as_ref()),
+            device_type: opt_string(a.device_type.as_ref()),
+            is_mobile: a.is_mobile,
+        }),
+    }
+}
+
+/// Parses a session status filter: `None` for unspecified (any status).
+pub fn session_status_filter(
+    field: &str,
+    value: i32,
+) -> Result<Option<SessionStatus>, DomainError> {
+    match v1::SessionStatus::try_from(value) {
+        Ok(v1::SessionStatus::Unspecified) => Ok(None),
+        Ok(v1::SessionStatus::Active) => Ok(Some(SessionStatus::Active)),
+        Ok(v1::SessionStatus::Revoked) => Ok(Some(SessionStatus::Revoked)),
+        Ok(v1::SessionStatus::Ended) => Ok(Some(SessionStatus::Ended)),
+        Ok(v1::SessionStatus::Expired) => Ok(Some(SessionStatus::Expired)),
+        Err(_) => Err(DomainError::invalid(
+            field,
+            reason::FORM_PARAM_VALUE_INVALID,
+            "unknown session status",
+        )),
+    }
+}
+
+/// Parses a session id given in `field`.
+pub fn session_id(field: &str, text: &str) -> Result<SessionId, DomainError> {
+    SessionId::parse(text).map_err(|v| v.nested(field).into())
+}
+
+/// Parses a sign-in id given in `field`.
+pub fn sign_in_id(field: &str, text: &str) -> Result<SignInId, DomainError> {
+    SignInId::parse(text).map_err(|v| v.nested(field).into())
 }
 
 /// A user as the Backend API shows it.

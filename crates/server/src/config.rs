@@ -12,6 +12,7 @@ use crate::delivery::smtp::{SmtpConfig, SmtpDelivery, SmtpTls};
 use crate::delivery::templates::TemplateSet;
 use crate::delivery::webhook::{WebhookDelivery, WebhookSecret};
 use crate::delivery::{Deliver, Deliveries};
+use crate::tokens::{SigningAlgorithm, TokenSettings};
 
 /// Roster: user management over gRPC.
 #[derive(Debug, Parser)]
@@ -102,8 +103,52 @@ pub struct ServeArgs {
     /// Longest a call may run, e.g. `30s` or `500ms`.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Address of the plain-HTTP port (JWKS at `/.well-known/jwks.json`).
+    #[arg(long, env = "ROSTER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub sessions: SessionArgs,
+}
+
+/// Flags of sessions and session tokens.
+#[derive(Clone, Debug, Args)]
+pub struct SessionArgs {
+    /// Algorithm new session tokens are signed with. A key is made for it
+    /// on first start and kept in the database.
+    #[arg(long, env = "ROSTER_TOKEN_ALGORITHM", value_enum, default_value_t = SigningAlgorithm::Rs256)]
+    pub token_algorithm: SigningAlgorithm,
+    /// The `iss` claim of session tokens, usually the URL Roster is reached at.
+    #[arg(long, env = "ROSTER_TOKEN_ISSUER", default_value = "roster")]
+    pub token_issuer: String,
+    /// Lifetime of a session token.
+    #[arg(long, env = "ROSTER_TOKEN_LIFETIME", default_value = "60s", value_parser = parse_duration)]
+    pub token_lifetime: Duration,
+    /// How far `nbf` is set back, and the clock difference token checks allow.
+    #[arg(long, env = "ROSTER_TOKEN_SKEW", default_value = "5s", value_parser = parse_duration)]
+    pub token_skew: Duration,
+    /// Lifetime of a session.
+    #[arg(long, env = "ROSTER_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+    /// Header a trusted proxy in front of Roster puts the client's address
+    /// in (e.g. `x-forwarded-for`). Without it, the peer address is used.
+    #[arg(long, env = "ROSTER_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+}
+
+impl SessionArgs {
+    /// The token settings these flags describe.
+    pub fn token_settings(&self) -> TokenSettings {
+        TokenSettings {
+            algorithm: self.token_algorithm,
+            issuer: self.token_issuer.clone(),
+            lifetime_s: i64::try_from(self.token_lifetime.as_secs())
+                .unwrap_or(60)
+                .max(1),
+            skew_s: i64::try_from(self.token_skew.as_secs()).unwrap_or(5),
+        }
+    }
 }
 
 /// How email codes are delivered.
@@ -257,7 +302,7 @@ impl ServeArgs {
     }
 }
 
-/// Parses `250ms`, `30s`, `5m`.
+/// Parses `250ms`, `30s`, `5m`, `2h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text.split_at(
@@ -271,7 +316,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown duration unit in {text:?}: use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!(
+            "unknown duration unit in {text:?}: use ms, s, m, h or d"
+        )),
     }
 }
 
@@ -335,6 +384,7 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_mins(2));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_hours(168));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use roster_storage::{StorageError, UserStore};
+use roster_storage::{SessionStore, StorageError, UserStore};
 use roster_storage_postgres::{PoolConfig, PostgresStore};
 use roster_storage_sqlite::SqliteStore;
 
@@ -41,6 +41,14 @@ impl Database {
 
     /// The store, for the services.
     pub fn users(&self) -> Arc<dyn UserStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// The session store, for the services.
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),

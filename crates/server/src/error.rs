@@ -116,6 +116,9 @@ impl From<ApiError> for Status {
             ApiError::Domain(DomainError::FailedPrecondition { reason, message }) => {
                 status(Code::FailedPrecondition, message, reason, HashMap::new())
             }
+            ApiError::Domain(DomainError::PermissionDenied { reason, message }) => {
+                status(Code::PermissionDenied, message, reason, HashMap::new())
+            }
             ApiError::Domain(DomainError::CodeIncorrect { attempts_left }) => {
                 let message = format!("incorrect code; {attempts_left} attempts left");
                 let mut details = ErrorDetails::new();

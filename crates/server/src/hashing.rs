@@ -49,4 +49,38 @@ impl Hasher {
     pub async fn verify(&self, hash: PasswordHash, candidate: String) -> Result<bool, ApiError> {
         self.run(move || hash.verify(&candidate)).await
     }
+
+    /// Checks a candidate against a hash that may be missing (no such user,
+    /// or no password): then a stand-in hash is checked instead and the
+    /// answer is `false`, so both cases cost the same time as a wrong
+    /// password.
+    pub async fn verify_maybe(
+        &self,
+        hash: Option<PasswordHash>,
+        candidate: String,
+    ) -> Result<bool, ApiError> {
+        let real = hash.is_some();
+        let hash = match hash {
+            Some(hash) => hash,
+            None => self.stand_in().await?,
+        };
+        Ok(self.verify(hash, candidate).await? && real)
+    }
+
+    async fn stand_in(&self) -> Result<PasswordHash, ApiError> {
+        static STAND_IN: tokio::sync::OnceCell<PasswordHash> = tokio::sync::OnceCell::const_new();
+        STAND_IN
+            .get_or_try_init(|| async {
+                // A random password nobody knows, hashed with the same
+                // parameters as real ones.
+                let mut bytes = [0u8; 24];
+                getrandom::fill(&mut bytes)
+                    .map_err(|_| ApiError::Internal("random source unavailable"))?;
+                let password = Password::parse(&hex::encode(bytes))
+                    .map_err(|_| ApiError::Internal("stand-in password invalid"))?;
+                self.hash(password).await
+            })
+            .await
+            .cloned()
+    }
 }

@@ -5,21 +5,27 @@
 //! - [`run`]: serves on a bound listener until a shutdown future completes;
 //!   `main` and every end-to-end test call it.
 //! - [`services`]: `UserService`, `EmailAddressService`,
-//!   `PhoneNumberService`.
+//!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`.
+//! - [`http`]: the plain-HTTP port (JWKS).
+//! - [`activity`]: a session's client address and user agent.
 //! - [`auth`]: the Backend API's secret keys.
 //! - [`error`]: the one mapping from domain and storage errors to statuses.
 //! - [`hashing`]: the bounded password-hashing pool.
 //! - [`delivery`]: sending verification codes by SMTP or webhook.
+//! - [`tokens`]: signing keys, session tokens (JWT) and the JWKS.
 //! - [`database`]: opening SQLite or PostgreSQL from a URL.
 //! - [`config`]: command-line flags and `ROSTER_*` variables.
 
+pub mod activity;
 pub mod auth;
 pub mod config;
 pub mod database;
 pub mod delivery;
 pub mod error;
 pub mod hashing;
+pub mod http;
 pub mod services;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +35,7 @@ use roster_domain::Clock;
 use roster_proto::v1::email_address_service_server::EmailAddressServiceServer;
 use roster_proto::v1::phone_number_service_server::PhoneNumberServiceServer;
 use roster_proto::v1::user_service_server::UserServiceServer;
-use roster_storage::UserStore;
+use roster_storage::{SessionStore, UserStore};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
@@ -41,8 +47,13 @@ pub use auth::SecretKeys;
 pub use hashing::Hasher;
 pub use services::verification::CodeSettings;
 
+use roster_proto::v1::jwks_service_server::JwksServiceServer;
+use roster_proto::v1::session_service_server::SessionServiceServer;
+use roster_proto::v1::sign_in_service_server::SignInServiceServer;
 use services::email_addresses::EmailAddresses;
 use services::phone_numbers::PhoneNumbers;
+use services::sessions::{Jwks, Sessions};
+use services::sign_in::SignIns;
 use services::users::Users;
 
 /// What every handler shares.
@@ -54,7 +65,18 @@ pub struct AppState {
     pub codes: CodeSettings,
     /// How codes reach users, per channel.
     pub delivery: delivery::Deliveries,
+    /// Sessions, sign-ins and signing keys.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Signs and verifies session tokens.
+    pub tokens: Arc<tokens::TokenIssuer>,
+    /// How long a new session lasts, in milliseconds.
+    pub session_lifetime_ms: i64,
+    /// How a client's address is found.
+    pub client_ip: activity::ClientIp,
 }
+
+/// Seven days: Clerk's default session lifetime.
+pub const DEFAULT_SESSION_LIFETIME_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// How the server behaves, beyond what it serves.
 #[derive(Clone, Debug)]
@@ -91,10 +113,13 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Names of the services health is reported for (besides the whole
 /// server, `""`).
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     <UserServiceServer<Users> as NamedService>::NAME,
     <EmailAddressServiceServer<EmailAddresses> as NamedService>::NAME,
     <PhoneNumberServiceServer<PhoneNumbers> as NamedService>::NAME,
+    <SessionServiceServer<Sessions> as NamedService>::NAME,
+    <JwksServiceServer<Jwks> as NamedService>::NAME,
+    <SignInServiceServer<SignIns> as NamedService>::NAME,
 ];
 
 /// Serves the gRPC API on `listener` until `shutdown` completes, then
@@ -126,8 +151,13 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let emails = EmailAddressServiceServer::new(EmailAddresses::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let phones = PhoneNumberServiceServer::new(PhoneNumbers::new(state))
+    let phones = PhoneNumberServiceServer::new(PhoneNumbers::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sessions = SessionServiceServer::new(Sessions::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let jwks = JwksServiceServer::new(Jwks::new(state.clone()));
+    let sign_ins =
+        SignInServiceServer::new(SignIns::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let drain = async move {
         shutdown.await;
@@ -159,7 +189,12 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(users, keys.clone()))
         .add_service(InterceptedService::new(emails, keys.clone()))
-        .add_service(InterceptedService::new(phones, keys))
+        .add_service(InterceptedService::new(phones, keys.clone()))
+        .add_service(InterceptedService::new(sessions, keys))
+        // Public: JWKS, and the Frontend API's sign-in (its callers have no
+        // credentials yet).
+        .add_service(jwks)
+        .add_service(sign_ins)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await?;
     tracing::info!("drained; server stopped");

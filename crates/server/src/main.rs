@@ -4,10 +4,14 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
-use roster_domain::{CodeKey, CodePolicy, SystemClock};
+use roster_domain::{Clock as _, CodeKey, CodePolicy, SystemClock};
+use roster_server::activity::ClientIp;
 use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
 use roster_server::database::Database;
-use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
+use roster_server::tokens::TokenIssuer;
+use roster_server::{
+    AppState, CodeSettings, DEFAULT_SESSION_LIFETIME_MS, Hasher, SecretKeys, ServeOptions,
+};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -26,6 +30,11 @@ async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let db = Database::open(&url).await.context("opening the database")?;
     db.migrate().await.context("migrating the database")?;
     Ok(db)
+}
+
+/// Completes once `stopped` turns true.
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -82,10 +91,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .deliveries()
         .map_err(|e| anyhow::anyhow!("code delivery: {e}"))?;
     let db = open(&args.database).await?;
+    let clock = Arc::new(SystemClock);
+    let tokens = TokenIssuer::start(
+        db.sessions().as_ref(),
+        args.sessions.token_settings(),
+        clock.now(),
+    )
+    .await
+    .context("loading the token signing keys")?;
     let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let state = AppState {
         users: db.users(),
-        clock: Arc::new(SystemClock),
+        sessions: db.sessions(),
+        tokens: Arc::new(tokens),
+        session_lifetime_ms: i64::try_from(args.sessions.session_lifetime.as_millis())
+            .unwrap_or(DEFAULT_SESSION_LIFETIME_MS),
+        client_ip: ClientIp {
+            trusted_header: args.sessions.client_ip_header.clone(),
+        },
+        clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {
             key: code_key,
@@ -96,12 +120,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding {}", args.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    // One signal stops both ports.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(roster_server::http::serve(
+        http_listener,
+        state.clone(),
+        wait_for(stopped.clone()),
+    ));
     let options = ServeOptions {
         secret_keys: SecretKeys::new(&keys),
         request_timeout: args.request_timeout,
         ..ServeOptions::default()
     };
-    roster_server::run(listener, state, options, shutdown_signal()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    roster_server::run(listener, state, options, wait_for(stopped)).await?;
+    http.await?.context("serving HTTP")?;
     db.close().await;
     Ok(())
 }

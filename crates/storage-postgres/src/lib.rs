@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use roster_storage::StorageError;
 use roster_storage::exec::{SqlConn, SqlDatabase, SqlTransaction};
 use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
+use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::{Bind, Dialect, Statement};
 use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
 // Every statement is built by `roster_storage::sql` from fixed fragments;
@@ -114,6 +115,20 @@ fn verification(row: &PgRow, first: usize) -> Result<VerificationColumns, sqlx::
         window_start: row.try_get(first + 6)?,
         window_sends: row.try_get(first + 7)?,
     })
+}
+
+fn values(row: &PgRow, types: &[ColumnType]) -> Result<Vec<Value>, sqlx::Error> {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Ok(match t {
+                ColumnType::Text => Value::Text(row.try_get(i)?),
+                ColumnType::Int => Value::Int(row.try_get(i)?),
+                ColumnType::Bool => Value::Bool(row.try_get(i)?),
+            })
+        })
+        .collect()
 }
 
 fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
@@ -213,6 +228,21 @@ impl<C: DerefMut<Target = PgConnection> + Send> SqlConn for Conn<C> {
 
     async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError> {
         self.fetch(statement, |row| row.try_get(0)).await
+    }
+
+    async fn fetch_values(
+        &mut self,
+        statement: Statement,
+        types: &[ColumnType],
+    ) -> Result<Vec<Vec<Value>>, StorageError> {
+        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(map_error)?;
+        rows.iter()
+            .map(|row| values(row, types))
+            .collect::<Result<_, _>>()
+            .map_err(StorageError::internal)
     }
 
     async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {

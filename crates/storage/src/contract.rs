@@ -16,19 +16,21 @@ use std::sync::Arc;
 
 use roster_domain::{
     AttemptOutcome, Channel, CodeKey, CodePolicy, DomainError, Email, ExternalId, IdentificationId,
-    Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, ProfileChange,
-    Timestamp, User, UserId, UserRecord, Username, VerificationCode, reason,
+    Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, ProfileChange, Session,
+    SessionActivity, SessionStatus, Timestamp, User, UserId, UserRecord, Username,
+    VerificationCode, reason,
 };
 use serde_json::json;
 
 use crate::query::ListQuery;
+use crate::{SessionQuery, StoredKey};
 use crate::{StorageError, UserStore, list_page};
 use roster_domain::query::{OrderBy, OrderField, UserFilter};
 
 /// A fresh store and whatever must live as long as it (a temporary
 /// directory, a database to drop).
 pub struct Fixture {
-    pub store: Arc<dyn UserStore>,
+    pub store: Arc<dyn crate::Store>,
     pub keep: Box<dyn std::any::Any + Send>,
 }
 
@@ -49,6 +51,9 @@ macro_rules! contract_suite {
             update_of_missing_user_is_not_found,
             verification_codes_round_trip,
             only_verified_identifiers_are_unique,
+            sessions_round_trip_and_list_by_status,
+            a_ban_revokes_sessions_and_a_sign_in_completes_once,
+            signing_keys_round_trip,
             delete_removes_everything,
             filters_select_the_right_users,
             every_order_pages_like_sorting_in_memory,
@@ -895,5 +900,167 @@ pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
     assert_eq!(
         store.get_user(&holder.id).await.unwrap().unwrap(),
         holder_now
+    );
+}
+
+fn session_for(user: &User, offset: i64, lifetime_ms: i64) -> Session {
+    Session::start(
+        user.id.clone(),
+        SessionActivity {
+            ip_address: Some("203.0.113.7".into()),
+            user_agent: Some("Mozilla/5.0".into()),
+            browser_name: Some("Firefox".into()),
+            browser_version: Some("120.0".into()),
+            device_type: Some("desktop".into()),
+            is_mobile: false,
+        },
+        lifetime_ms,
+        at(offset),
+    )
+    .0
+}
+
+pub async fn sessions_round_trip_and_list_by_status(store: Arc<dyn crate::Store>) {
+    let user = new_user(&["s@example.com"], &[], None, 0);
+    insert(store.as_ref(), &user).await;
+    let sessions: Vec<Session> = (0..5).map(|i| session_for(&user, i, 1_000)).collect();
+    for s in &sessions {
+        store.insert_session(s).await.unwrap();
+    }
+    assert_eq!(
+        store.get_session(&sessions[0].id).await.unwrap().as_ref(),
+        Some(&sessions[0])
+    );
+    let revoked = store
+        .update_session(&sessions[1].id, Box::new(|s| s.revoke(at(10))))
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, SessionStatus::Revoked);
+    // A refused mutation writes nothing.
+    assert!(
+        store
+            .update_session(&sessions[1].id, Box::new(|s| s.revoke(at(11))))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.get_session(&sessions[1].id).await.unwrap().unwrap(),
+        revoked
+    );
+
+    let list = |status, now, before, limit| {
+        let store = store.clone();
+        let user_id = user.id.clone();
+        async move {
+            store
+                .list_sessions(&SessionQuery {
+                    user_id,
+                    status,
+                    now: at(now),
+                    before,
+                    limit,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let ids = |idx: &[usize]| {
+        idx.iter()
+            .map(|&i| sessions[i].id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(None, 20, None, 10).await, ids(&[4, 3, 2, 1, 0]));
+    assert_eq!(
+        list(Some(SessionStatus::Active), 20, None, 10).await,
+        ids(&[4, 3, 2, 0])
+    );
+    assert_eq!(
+        list(Some(SessionStatus::Revoked), 20, None, 10).await,
+        ids(&[1])
+    );
+    // Session i expires at 1000 + i. At 1002, sessions 0 and 2 have
+    // expired; 1 stays revoked; 3 and 4 are active.
+    assert_eq!(
+        list(Some(SessionStatus::Expired), 1_002, None, 10).await,
+        ids(&[2, 0])
+    );
+    assert_eq!(
+        list(Some(SessionStatus::Active), 1_002, None, 10).await,
+        ids(&[4, 3])
+    );
+    // Keyset pages, newest first.
+    let first = list(None, 20, None, 2).await;
+    assert_eq!(first, ids(&[4, 3]));
+    let next = list(None, 20, Some((at(3), sessions[3].id.clone())), 2).await;
+    assert_eq!(next, ids(&[2, 1]));
+    // Deleting the user deletes its sessions.
+    store.delete_user(&user.id).await.unwrap();
+    assert!(store.get_session(&sessions[0].id).await.unwrap().is_none());
+}
+
+pub async fn a_ban_revokes_sessions_and_a_sign_in_completes_once(store: Arc<dyn crate::Store>) {
+    let user = new_user(&["b@example.com"], &[], None, 0);
+    insert(store.as_ref(), &user).await;
+    let sign_in = crate::SignIn {
+        id: roster_domain::SignInId::generate(at(1)),
+        identifier: "b@example.com".into(),
+        user_id: Some(user.id.clone()),
+        status: "needs_first_factor".into(),
+        created_at: at(1),
+        expire_at: at(100),
+        session_id: None,
+    };
+    store.insert_sign_in(&sign_in).await.unwrap();
+    assert_eq!(
+        store.get_sign_in(&sign_in.id).await.unwrap().as_ref(),
+        Some(&sign_in)
+    );
+    let session = session_for(&user, 2, 1_000);
+    assert!(store.complete_sign_in(&sign_in.id, &session).await.unwrap());
+    let again = session_for(&user, 3, 1_000);
+    assert!(!store.complete_sign_in(&sign_in.id, &again).await.unwrap());
+    assert!(
+        store.get_session(&again.id).await.unwrap().is_none(),
+        "the second session was not written"
+    );
+    let done = store.get_sign_in(&sign_in.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status.as_str(), done.session_id),
+        ("complete", Some(session.id.clone()))
+    );
+
+    store
+        .update_user(
+            &user.id,
+            Box::new(|r| {
+                r.user.set_banned(true, at(5));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let after = store.get_session(&session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.updated_at),
+        (SessionStatus::Revoked, at(5))
+    );
+}
+
+pub async fn signing_keys_round_trip(store: Arc<dyn crate::Store>) {
+    assert!(store.signing_keys().await.unwrap().is_empty());
+    let key = |kid: &str, offset| StoredKey {
+        kid: kid.into(),
+        algorithm: "RS256".into(),
+        private_key_pem: format!("-----BEGIN PRIVATE KEY-----\n{kid}\n-----END PRIVATE KEY-----\n"),
+        created_at: at(offset),
+    };
+    store.insert_signing_key(&key("old", 1)).await.unwrap();
+    store.insert_signing_key(&key("new", 2)).await.unwrap();
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        vec![key("new", 2), key("old", 1)]
     );
 }

@@ -14,6 +14,7 @@ use roster_domain::{
 
 use crate::query::ListQuery;
 use crate::rows::{self, EMAIL_COLUMNS, EmailRow, PHONE_COLUMNS, PhoneRow, UserRow};
+use crate::sessions::{ColumnType, Value};
 use crate::sql::{
     self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement,
     USER_WRITE_COLUMNS,
@@ -37,6 +38,12 @@ pub trait SqlConn: Send {
     async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError>;
     /// Runs a `SELECT count(*)`.
     async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError>;
+    /// Runs a `SELECT` of columns of the given types.
+    async fn fetch_values(
+        &mut self,
+        statement: Statement,
+        types: &[ColumnType],
+    ) -> Result<Vec<Vec<Value>>, StorageError>;
 }
 
 /// An open write transaction; dropping it without committing rolls back.
@@ -258,6 +265,10 @@ async fn write_changes(
     new: &UserRecord,
 ) -> Result<(), StorageError> {
     settle_uniqueness(conn, &new.user, Some(old)).await?;
+    if new.user.banned && !old.banned {
+        // A banned user is signed out everywhere, atomically with the ban.
+        crate::sessions::revoke_user_sessions(conn, &new.user.id, new.user.updated_at).await?;
+    }
     write_record(conn, old, new).await
 }
 

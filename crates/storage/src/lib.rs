@@ -11,6 +11,7 @@
 //!   a backend implements (connections and transactions).
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
+//! - [`sessions`]: sessions, sign-ins and token signing keys.
 //! - [`sql`]: SQL text for listing and counting, shared by the PostgreSQL
 //!   and SQLite backends (same schema, different placeholders).
 //! - [`contract`]: the shared test suite, instantiated per backend with
@@ -20,6 +21,7 @@ pub mod contract;
 pub mod exec;
 pub mod query;
 pub mod rows;
+pub mod sessions;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -27,6 +29,7 @@ use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
 
 pub use query::{ListQuery, Page};
 pub use roster_domain::query::{OrderBy, OrderField, SortValue, UserFilter};
+pub use sessions::{SessionQuery, SessionStore, SignIn, StoredKey, session_page};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,11 @@ impl StorageError {
         Self::Internal(error.into())
     }
 }
+
+/// Everything a backend stores.
+pub trait Store: UserStore + SessionStore {}
+
+impl<T: UserStore + SessionStore> Store for T {}
 
 /// A change to one user, applied inside the store's transaction to the
 /// freshly loaded, locked record. Returning an error rolls back.

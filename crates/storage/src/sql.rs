@@ -114,14 +114,14 @@ pub const PHONE_WRITE_COLUMNS: [&str; 15] = [
     "updated_at",
 ];
 
-struct Builder {
+pub(crate) struct Builder {
     dialect: Dialect,
     sql: String,
     binds: Vec<Bind>,
 }
 
 impl Builder {
-    fn new(dialect: Dialect, sql: &str) -> Self {
+    pub(crate) fn new(dialect: Dialect, sql: &str) -> Self {
         Self {
             dialect,
             sql: sql.to_owned(),
@@ -129,11 +129,11 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, text: &str) {
+    pub(crate) fn push(&mut self, text: &str) {
         self.sql.push_str(text);
     }
 
-    fn bind(&mut self, value: Bind) {
+    pub(crate) fn bind(&mut self, value: Bind) {
         let json = matches!(value, Bind::Json(_));
         self.binds.push(value);
         match self.dialect {
@@ -158,7 +158,7 @@ impl Builder {
         self.push(")");
     }
 
-    fn finish(self) -> Statement {
+    pub(crate) fn finish(self) -> Statement {
         Statement {
             sql: self.sql,
             binds: self.binds,

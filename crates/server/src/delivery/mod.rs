@@ -102,7 +102,7 @@ impl Deliveries {
 
 /// Makes ring the process's TLS provider unless one is installed already;
 /// the HTTP and SMTP clients need one.
-pub(crate) fn ensure_crypto_provider() {
+pub fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race to another installer is fine: one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();

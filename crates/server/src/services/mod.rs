@@ -4,6 +4,8 @@
 
 pub mod email_addresses;
 pub mod phone_numbers;
+pub mod sessions;
+pub mod sign_in;
 pub mod users;
 pub mod verification;
 

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 
 /// Longest candidate VerifyPassword hashes; longer ones cannot match any
 /// password Roster accepts, and bounding them bounds hashing work.
-const MAX_CANDIDATE_BYTES: usize = 1024;
+pub(crate) const MAX_CANDIDATE_BYTES: usize = 1024;
 
 /// The UserService implementation.
 #[derive(Clone, Debug)]
@@ -64,15 +64,8 @@ impl Users {
     async fn list(&self, req: ListUsersRequest) -> Result<ListUsersResponse, ApiError> {
         let filter = convert::user_filter(req.filter)?;
         let order = convert::order_by(&req.order_by)?;
-        let query = ListQuery::new(filter, order, req.page_size, &req.page_token).map_err(
-            |violations| {
-                let mut v = roster_domain::Violations::new();
-                for violation in violations {
-                    v.push(violation);
-                }
-                DomainError::Invalid(v)
-            },
-        )?;
+        let query = ListQuery::new(filter, order, req.page_size, &req.page_token)
+            .map_err(DomainError::from)?;
         let page = list_page(self.state.users.as_ref(), query).await?;
         Ok(ListUsersResponse {
             users: page.users.iter().map(convert::user).collect(),

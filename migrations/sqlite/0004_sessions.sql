@@ -1,0 +1,43 @@
+-- Sessions of signed-in users, sign-ins in progress, and the keys session
+-- tokens are signed with.
+
+CREATE TABLE sessions (
+    id              TEXT NOT NULL PRIMARY KEY,
+    user_id         TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    status          TEXT    NOT NULL,
+    created_at      INTEGER  NOT NULL,
+    updated_at      INTEGER  NOT NULL,
+    last_active_at  INTEGER  NOT NULL,
+    expire_at       INTEGER  NOT NULL,
+    ip_address      TEXT,
+    user_agent      TEXT,
+    browser_name    TEXT,
+    browser_version TEXT,
+    device_type     TEXT,
+    is_mobile       INTEGER NOT NULL DEFAULT 0,
+    -- SHA-256 of the session secret, hex; never the secret.
+    secret_hash     TEXT    NOT NULL
+);
+
+-- A user's sessions, newest first (keyset pages).
+CREATE INDEX sessions_user ON sessions (user_id, created_at DESC, id DESC);
+
+CREATE TABLE sign_ins (
+    id          TEXT NOT NULL PRIMARY KEY,
+    identifier  TEXT   NOT NULL,
+    -- NULL when the identifier names no user.
+    user_id     TEXT REFERENCES users (id) ON DELETE CASCADE,
+    status      TEXT   NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expire_at   INTEGER NOT NULL,
+    session_id  TEXT
+);
+
+CREATE TABLE signing_keys (
+    kid             TEXT NOT NULL PRIMARY KEY,
+    algorithm       TEXT   NOT NULL,
+    -- PKCS#8 PEM. Whoever reads this table can mint session tokens:
+    -- restrict access to the database accordingly.
+    private_key_pem TEXT   NOT NULL,
+    created_at      INTEGER NOT NULL
+);
