@@ -103,6 +103,7 @@ impl TestServer {
             tokens: Arc::new(tokens),
             session_lifetime_ms: roster_server::DEFAULT_SESSION_LIFETIME_MS,
             client_ip: roster_server::activity::ClientIp::default(),
+            lockout: roster_domain::LockoutPolicy::default(),
             clock: clock.clone(),
             hasher: Hasher::new(2),
             codes: CodeSettings {

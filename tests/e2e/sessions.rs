@@ -359,6 +359,87 @@ async fn bans_and_locks_stop_sign_ins_and_bans_end_sessions(backend: Backend) {
     server.stop().await;
 }
 
+/// `n` concurrent wrong-password sign-ins; their failure reasons.
+async fn concurrent_wrong(
+    front: &SignInServiceClient<Channel>,
+    email: &str,
+    n: usize,
+) -> Vec<String> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (mut front, email) = (front.clone(), email.to_owned());
+            tokio::spawn(async move { sign_in(&mut front, &email, "wrong password").await })
+        })
+        .collect();
+    let mut reasons = Vec::new();
+    for call in calls {
+        reasons.push(reason(&call.await.unwrap().unwrap_err()));
+    }
+    reasons
+}
+
+async fn failed_sign_ins_lock_out_counted_under_concurrency(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = server.client().await;
+    let user = user_with_password(&mut c, "lock@example.com").await;
+    let mut front = frontend(&server).await;
+
+    // Nine concurrent failures, all counted, lock nothing; a success
+    // starts the count afresh.
+    let reasons = concurrent_wrong(&front, "lock@example.com", 9).await;
+    assert!(
+        reasons.iter().all(|r| r == "FORM_PASSWORD_INCORRECT"),
+        "{reasons:?}"
+    );
+    sign_in(&mut front, "lock@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // Ten concurrent failures are ten: the right password is now refused.
+    let reasons = concurrent_wrong(&front, "lock@example.com", 10).await;
+    assert!(
+        reasons.iter().all(|r| r == "FORM_PASSWORD_INCORRECT"),
+        "{reasons:?}"
+    );
+    let locked = sign_in(&mut front, "lock@example.com", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (locked.code(), reason(&locked).as_str()),
+        (Code::PermissionDenied, "USER_LOCKED")
+    );
+    {
+        use tonic_types::StatusExt as _;
+        let info = locked.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["lockout_expires_in_seconds"], "3600");
+        let delay = locked
+            .get_details_retry_info()
+            .unwrap()
+            .retry_delay
+            .unwrap();
+        assert_eq!(delay.as_secs(), 3600);
+    }
+    // An hour later the lockout has ended.
+    server.clock.advance(60 * 60 * 1000);
+    sign_in(&mut front, "lock@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // UnlockUser ends a lockout early.
+    concurrent_wrong(&front, "lock@example.com", 10).await;
+    assert_eq!(
+        reason(
+            &sign_in(&mut front, "lock@example.com", PASSWORD)
+                .await
+                .unwrap_err()
+        ),
+        "USER_LOCKED"
+    );
+    c.unlock_user(&user.id).await.unwrap();
+    sign_in(&mut front, "lock@example.com", PASSWORD)
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
 /// Median time of `f` over a few runs.
 async fn median_time<F, Fut>(mut f: F) -> Duration
 where
@@ -436,4 +517,5 @@ on_both_backends!(
     backend_lists_revokes_and_mints,
     bans_and_locks_stop_sign_ins_and_bans_end_sessions,
     unknown_identifiers_look_like_wrong_passwords,
+    failed_sign_ins_lock_out_counted_under_concurrency,
 );

@@ -200,6 +200,10 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// Too many failed sign-in attempts: the user is locked out for this
+    /// long.
+    #[error("too many failed attempts; the account is locked")]
+    LockedOut { retry_after_ms: i64 },
     /// Too soon or too often; retry after the delay.
     #[error("{message}")]
     RateLimited {

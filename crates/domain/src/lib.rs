@@ -39,8 +39,8 @@ pub use password::{Password, PasswordHash};
 pub use session::{Session, SessionActivity, SessionSecret, SessionStatus};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
-    Channel, EmailAddress, IdentifierChange, MetadataKind, NewIdentifiers, NewUser, PhoneNumber,
-    ProfileChange, User, UserRecord, UserUpdate, Verification, VerificationStatus,
-    VerificationStrategy,
+    Channel, EmailAddress, IdentifierChange, Lockout, LockoutPolicy, MetadataKind, NewIdentifiers,
+    NewUser, PhoneNumber, ProfileChange, User, UserRecord, UserUpdate, Verification,
+    VerificationStatus, VerificationStrategy,
 };
 pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

@@ -1228,6 +1228,33 @@ pub struct UserRecord {
     password_hash: Option<PasswordHash>,
     /// Codes sent to any of the user's identifiers in the current window.
     pub code_sends: SendWindow,
+    /// Failed sign-in attempts and the lockout they led to.
+    pub lockout: Lockout,
+}
+
+/// How many failed sign-in attempts lock a user out, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub max_attempts: u32,
+    pub duration_ms: i64,
+}
+
+impl Default for LockoutPolicy {
+    /// Clerk's defaults: 10 failed attempts lock the user out for an hour.
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            duration_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// Failed sign-in attempts since the last success or lockout, and the
+/// lockout's end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lockout {
+    pub failed_attempts: u32,
+    pub locked_until: Option<Timestamp>,
 }
 
 impl UserRecord {
@@ -1239,6 +1266,7 @@ impl UserRecord {
             user,
             password_hash,
             code_sends: SendWindow::default(),
+            lockout: Lockout::default(),
         }
     }
 
@@ -1251,6 +1279,43 @@ impl UserRecord {
         self.user.password_enabled = hash.is_some();
         self.password_hash = hash;
         self.user.updated_at = now;
+    }
+
+    /// Refuses while the user is locked out, saying how long remains.
+    pub fn ensure_not_locked_out(&self, now: Timestamp) -> Result<(), DomainError> {
+        match self.lockout.locked_until {
+            Some(until) if now < until => Err(DomainError::LockedOut {
+                retry_after_ms: until.as_millis() - now.as_millis(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed sign-in attempt; the one that reaches the policy's
+    /// limit locks the user out and starts the count afresh.
+    pub fn record_failed_attempt(&mut self, policy: &LockoutPolicy, now: Timestamp) {
+        if self.lockout.locked_until.is_some_and(|until| now >= until) {
+            self.lockout = Lockout::default();
+        }
+        self.lockout.failed_attempts += 1;
+        if self.lockout.failed_attempts >= policy.max_attempts {
+            self.lockout = Lockout {
+                failed_attempts: 0,
+                locked_until: Some(now.plus_millis(policy.duration_ms)),
+            };
+        }
+    }
+
+    /// A successful sign-in: the count of failures starts afresh.
+    pub fn record_successful_sign_in(&mut self, now: Timestamp) {
+        self.lockout = Lockout::default();
+        self.user.record_sign_in(now);
+    }
+
+    /// Lifts a backend lock and any lockout.
+    pub fn unlock(&mut self, now: Timestamp) {
+        self.lockout = Lockout::default();
+        self.user.set_locked(false, now);
     }
 
     /// Prepares a code verification of the email address or phone number
@@ -1600,6 +1665,36 @@ mod tests {
             DomainError::RateLimited { reason: reason::VERIFICATION_SEND_LIMIT, retry_after_ms, .. }
                 if retry_after_ms == policy.send_window_ms
         ));
+    }
+
+    #[test]
+    fn failed_attempts_lock_out_for_a_while() {
+        let policy = LockoutPolicy {
+            max_attempts: 3,
+            duration_ms: 1000,
+        };
+        let mut r = UserRecord::new(user(&["a@example.com"], &[], true), None);
+        for i in 0..2 {
+            r.record_failed_attempt(&policy, T0.plus_millis(i));
+            r.ensure_not_locked_out(T0.plus_millis(i)).unwrap();
+        }
+        r.record_failed_attempt(&policy, T0.plus_millis(2));
+        assert_eq!(
+            r.ensure_not_locked_out(T0.plus_millis(500)),
+            Err(DomainError::LockedOut {
+                retry_after_ms: 502
+            })
+        );
+        r.ensure_not_locked_out(T0.plus_millis(1002)).unwrap();
+        // After the lockout the count starts afresh.
+        r.record_failed_attempt(&policy, T0.plus_millis(1100));
+        assert_eq!(
+            (r.lockout.failed_attempts, r.lockout.locked_until),
+            (1, None)
+        );
+        r.record_successful_sign_in(T0.plus_millis(1200));
+        assert_eq!(r.lockout, Lockout::default());
+        assert_eq!(r.user.last_sign_in_at, Some(T0.plus_millis(1200)));
     }
 
     #[test]

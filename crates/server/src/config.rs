@@ -131,6 +131,12 @@ pub struct SessionArgs {
     /// Lifetime of a session.
     #[arg(long, env = "ROSTER_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration)]
     pub session_lifetime: Duration,
+    /// Failed sign-in attempts in a row that lock a user out.
+    #[arg(long, env = "ROSTER_LOCKOUT_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lockout_attempts: u32,
+    /// How long a lockout lasts (`UnlockUser` ends it early).
+    #[arg(long, env = "ROSTER_LOCKOUT_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub lockout_duration: Duration,
     /// Header a trusted proxy in front of Roster puts the client's address
     /// in (e.g. `x-forwarded-for`). Without it, the peer address is used.
     #[arg(long, env = "ROSTER_CLIENT_IP_HEADER")]
@@ -138,6 +144,14 @@ pub struct SessionArgs {
 }
 
 impl SessionArgs {
+    /// The lockout policy these flags describe.
+    pub fn lockout(&self) -> roster_domain::LockoutPolicy {
+        roster_domain::LockoutPolicy {
+            max_attempts: self.lockout_attempts,
+            duration_ms: i64::try_from(self.lockout_duration.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The token settings these flags describe.
     pub fn token_settings(&self) -> TokenSettings {
         TokenSettings {

@@ -116,6 +116,25 @@ impl From<ApiError> for Status {
             ApiError::Domain(DomainError::FailedPrecondition { reason, message }) => {
                 status(Code::FailedPrecondition, message, reason, HashMap::new())
             }
+            ApiError::Domain(DomainError::LockedOut { retry_after_ms }) => {
+                let seconds = (retry_after_ms + 999) / 1000;
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    reason::USER_LOCKED,
+                    ERROR_DOMAIN,
+                    HashMap::from([("lockout_expires_in_seconds".to_owned(), seconds.to_string())]),
+                );
+                details.set_retry_info(Some(std::time::Duration::from_millis(
+                    u64::try_from(retry_after_ms).unwrap_or(0),
+                )));
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    format!(
+                        "too many failed attempts; the account is locked for {seconds} more seconds"
+                    ),
+                    details,
+                )
+            }
             ApiError::Domain(DomainError::PermissionDenied { reason, message }) => {
                 status(Code::PermissionDenied, message, reason, HashMap::new())
             }

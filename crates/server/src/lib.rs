@@ -73,6 +73,8 @@ pub struct AppState {
     pub session_lifetime_ms: i64,
     /// How a client's address is found.
     pub client_ip: activity::ClientIp,
+    /// How many failed sign-ins lock a user out, and for how long.
+    pub lockout: roster_domain::LockoutPolicy,
 }
 
 /// Seven days: Clerk's default session lifetime.

@@ -109,6 +109,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_ip: ClientIp {
             trusted_header: args.sessions.client_ip_header.clone(),
         },
+        lockout: args.sessions.lockout(),
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {

@@ -153,6 +153,8 @@ fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
         last_sign_in_at: row.try_get(17)?,
         code_window_start: row.try_get(18)?,
         code_window_sends: row.try_get(19)?,
+        failed_sign_ins: row.try_get(20)?,
+        locked_until: row.try_get(21)?,
     })
 }
 

@@ -483,6 +483,10 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
             &user.id,
             Box::new(move |r| {
                 r.prepare_verification(Channel::Email, &e, k.hash(&e, &code), &policy, at(1))?;
+                r.lockout = roster_domain::Lockout {
+                    failed_attempts: 3,
+                    locked_until: Some(at(99)),
+                };
                 let outcome =
                     r.user
                         .attempt_verification(Channel::Email, &e, &wrong, &k, &policy, at(2))?;
@@ -503,6 +507,10 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
         count: 1,
     };
     assert_eq!((v.sends, record.code_sends), (one_send, one_send));
+    assert_eq!(
+        (record.lockout.failed_attempts, record.lockout.locked_until),
+        (3, Some(at(99)))
+    );
     assert_eq!((v.attempts, v.expire_at), (1, Some(at(1 + policy.ttl_ms))));
     assert_eq!(v.code.as_ref().unwrap().sent_at, at(1));
     assert!(key.matches(

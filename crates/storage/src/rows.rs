@@ -3,7 +3,7 @@
 //! mapping itself lives here once.
 
 use roster_domain::{
-    CodeHash, Email, EmailAddress, ExternalId, IdentificationId, Locale, Metadata, Name,
+    CodeHash, Email, EmailAddress, ExternalId, IdentificationId, Locale, Lockout, Metadata, Name,
     PasswordHash, PendingCode, Phone, PhoneNumber, SendWindow, Timestamp, User, UserId, UserRecord,
     Username, Verification, VerificationStatus, VerificationStrategy,
 };
@@ -37,6 +37,10 @@ pub struct UserRow {
     pub code_window_start: i64,
     /// Codes sent to the user's identifiers in that window.
     pub code_window_sends: i64,
+    /// Failed sign-in attempts since the last success or lockout.
+    pub failed_sign_ins: i64,
+    /// When the current lockout ends.
+    pub locked_until: Option<i64>,
 }
 
 /// A row of `email_addresses`.
@@ -215,6 +219,8 @@ impl UserRow {
             last_sign_in_at: u.last_sign_in_at.map(Timestamp::as_millis),
             code_window_start: record.code_sends.started_at.as_millis(),
             code_window_sends: i64::from(record.code_sends.count),
+            failed_sign_ins: i64::from(record.lockout.failed_attempts),
+            locked_until: record.lockout.locked_until.map(Timestamp::as_millis),
         }
     }
 
@@ -249,6 +255,8 @@ impl UserRow {
             Bind::Text(user.search_text()),
             Bind::Int(self.code_window_start),
             Bind::Int(self.code_window_sends),
+            Bind::Int(self.failed_sign_ins),
+            opt_int(self.locked_until),
         ]
     }
 
@@ -303,6 +311,10 @@ impl UserRow {
         };
         let mut record = UserRecord::new(user, self.password_hash.map(PasswordHash::from_stored));
         record.code_sends = send_window(self.code_window_start, self.code_window_sends);
+        record.lockout = Lockout {
+            failed_attempts: u32::try_from(self.failed_sign_ins).unwrap_or(u32::MAX),
+            locked_until: self.locked_until.map(Timestamp::from_millis),
+        };
         Ok(record)
     }
 }

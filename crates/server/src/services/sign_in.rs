@@ -7,6 +7,10 @@
 //! password attempt for it checks a stand-in hash, so it fails with the
 //! same error in the same time as a wrong password. Whether a user is
 //! banned is told only to a caller who knows the password.
+//!
+//! Wrong passwords count towards a lockout (10 in a row lock the user out
+//! for an hour by default), each in the user's transaction so concurrent
+//! guesses are all counted; while locked out no password is checked.
 
 use roster_domain::query::{OrderBy, UserFilter};
 use roster_domain::{
@@ -225,27 +229,50 @@ impl SignIns {
             Some(id) => self.state.users.get_record(id).await?,
             None => None,
         };
+        // While locked out, the password is not even checked: no guess
+        // teaches anything.
+        if let Some(record) = &record {
+            record.ensure_not_locked_out(now)?;
+        }
         let hash = record.as_ref().and_then(|r| r.password_hash().cloned());
         let correct = self
             .state
             .hasher
             .verify_maybe(hash, req.password.clone())
             .await?;
-        let (true, Some(record)) = (correct, record) else {
+        let policy = self.state.lockout;
+        let Some(record) = record else {
             tracing::info!(sign_in_id = %sign_in.id, "sign-in refused: password incorrect");
             return Err(password_incorrect());
         };
         let user_id = record.user.id.clone();
-        // The user is read again under its lock: a ban that lands while the
-        // password was checked still stops the sign-in.
+        if !correct {
+            // Counted in the user's transaction, so concurrent guesses are
+            // each counted.
+            self.state
+                .users
+                .update_user(
+                    &user_id,
+                    Box::new(move |r| {
+                        r.record_failed_attempt(&policy, now);
+                        Ok(())
+                    }),
+                )
+                .await?;
+            tracing::info!(sign_in_id = %sign_in.id, user_id = %user_id, "sign-in refused: password incorrect");
+            return Err(password_incorrect());
+        }
+        // The user is read again under its lock: a ban or lockout that
+        // lands while the password was checked still stops the sign-in.
         let user = self
             .state
             .users
             .update_user(
                 &user_id,
                 Box::new(move |r| {
+                    r.ensure_not_locked_out(now)?;
                     r.user.ensure_can_sign_in()?;
-                    r.user.record_sign_in(now);
+                    r.record_successful_sign_in(now);
                     Ok(())
                 }),
             )

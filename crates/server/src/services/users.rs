@@ -143,7 +143,7 @@ impl Users {
     async fn set_flag(
         &self,
         user_id: &str,
-        change: fn(&mut User, roster_domain::Timestamp),
+        change: fn(&mut roster_domain::UserRecord, roster_domain::Timestamp),
     ) -> Result<roster_proto::v1::User, ApiError> {
         let id = convert::user_id("user_id", user_id)?;
         let now = self.state.clock.now();
@@ -153,7 +153,7 @@ impl Users {
             .update_user(
                 &id,
                 Box::new(move |r| {
-                    change(&mut r.user, now);
+                    change(r, now);
                     Ok(())
                 }),
             )
@@ -252,8 +252,8 @@ impl UserService for Users {
         request: Request<BanUserRequest>,
     ) -> Result<Response<BanUserResponse>, Status> {
         let user = self
-            .set_flag(&request.into_inner().user_id, |u, now| {
-                u.set_banned(true, now);
+            .set_flag(&request.into_inner().user_id, |r, now| {
+                r.user.set_banned(true, now);
             })
             .await;
         respond(user.map(|u| BanUserResponse { user: Some(u) }))
@@ -264,8 +264,8 @@ impl UserService for Users {
         request: Request<UnbanUserRequest>,
     ) -> Result<Response<UnbanUserResponse>, Status> {
         let user = self
-            .set_flag(&request.into_inner().user_id, |u, now| {
-                u.set_banned(false, now);
+            .set_flag(&request.into_inner().user_id, |r, now| {
+                r.user.set_banned(false, now);
             })
             .await;
         respond(user.map(|u| UnbanUserResponse { user: Some(u) }))
@@ -276,8 +276,8 @@ impl UserService for Users {
         request: Request<LockUserRequest>,
     ) -> Result<Response<LockUserResponse>, Status> {
         let user = self
-            .set_flag(&request.into_inner().user_id, |u, now| {
-                u.set_locked(true, now);
+            .set_flag(&request.into_inner().user_id, |r, now| {
+                r.user.set_locked(true, now);
             })
             .await;
         respond(user.map(|u| LockUserResponse { user: Some(u) }))
@@ -288,8 +288,9 @@ impl UserService for Users {
         request: Request<UnlockUserRequest>,
     ) -> Result<Response<UnlockUserResponse>, Status> {
         let user = self
-            .set_flag(&request.into_inner().user_id, |u, now| {
-                u.set_locked(false, now);
+            .set_flag(&request.into_inner().user_id, |r, now| {
+                // Also ends a lockout from failed sign-ins.
+                r.unlock(now);
             })
             .await;
         respond(user.map(|u| UnlockUserResponse { user: Some(u) }))
