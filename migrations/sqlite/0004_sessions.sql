@@ -21,6 +21,8 @@ CREATE TABLE sessions (
 
 -- A user's sessions, newest first (keyset pages).
 CREATE INDEX sessions_user ON sessions (user_id, created_at DESC, id DESC);
+-- A session found by its secret (when a client refreshes its token).
+CREATE UNIQUE INDEX sessions_secret ON sessions (secret_hash);
 
 CREATE TABLE sign_ins (
     id          TEXT NOT NULL PRIMARY KEY,

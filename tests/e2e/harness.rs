@@ -52,6 +52,23 @@ impl Clock for ManualClock {
     }
 }
 
+/// How a test server differs from the default one.
+pub struct Setup {
+    pub keys: Vec<String>,
+    pub delivery: Deliveries,
+    pub self_delete: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            delivery: Deliveries::default(),
+            self_delete: true,
+        }
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -70,14 +87,33 @@ impl TestServer {
     }
 
     pub async fn start_with_keys(backend: Backend, keys: &[&str]) -> Self {
-        Self::start_full(backend, keys, Deliveries::default()).await
+        Self::start_with(
+            backend,
+            Setup {
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                ..Setup::default()
+            },
+        )
+        .await
     }
 
     pub async fn start_with_delivery(backend: Backend, delivery: Deliveries) -> Self {
-        Self::start_full(backend, &[], delivery).await
+        Self::start_with(
+            backend,
+            Setup {
+                delivery,
+                ..Setup::default()
+            },
+        )
+        .await
     }
 
-    async fn start_full(backend: Backend, keys: &[&str], delivery: Deliveries) -> Self {
+    pub async fn start_with(backend: Backend, setup: Setup) -> Self {
+        let Setup {
+            keys,
+            delivery,
+            self_delete,
+        } = setup;
         let (url, dir) = database_url(backend).await;
         let db = Database::open(&url).await.unwrap();
         db.migrate().await.unwrap();
@@ -104,6 +140,7 @@ impl TestServer {
             session_lifetime_ms: roster_server::DEFAULT_SESSION_LIFETIME_MS,
             client_ip: roster_server::activity::ClientIp::default(),
             lockout: roster_domain::LockoutPolicy::default(),
+            self_delete,
             clock: clock.clone(),
             hasher: Hasher::new(2),
             codes: CodeSettings {
@@ -126,7 +163,7 @@ impl TestServer {
         ));
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
-            secret_keys: SecretKeys::new(keys),
+            secret_keys: SecretKeys::new(&keys),
             ..ServeOptions::default()
         };
         let task = tokio::spawn(async move {

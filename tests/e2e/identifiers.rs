@@ -88,6 +88,7 @@ async fn email_rules(backend: Backend) {
         }),
         update_mask: mask(&["primary_email_address_id"]),
         password: String::new(),
+        keep_sessions: false,
     };
     assert_eq!(
         failure(c.update_user(via_user.clone()).await),

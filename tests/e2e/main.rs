@@ -10,6 +10,7 @@
     reason = "tests: a failed unwrap is a failed test"
 )]
 
+mod account;
 mod auth;
 mod binary;
 mod harness;

@@ -86,6 +86,7 @@ async fn create_get_update_list_delete(backend: Backend) {
             }),
             update_mask: mask(&["first_name", "username", "private_metadata"]),
             password: String::new(),
+            keep_sessions: false,
         })
         .await
         .unwrap();
@@ -440,6 +441,7 @@ async fn ban_lock_and_passwords(backend: Backend) {
             }),
             update_mask: mask(&["password"]),
             password: "a brand new password".into(),
+            keep_sessions: false,
         })
         .await
         .unwrap();
@@ -457,6 +459,7 @@ async fn ban_lock_and_passwords(backend: Backend) {
             }),
             update_mask: mask(&["password"]),
             password: String::new(),
+            keep_sessions: false,
         })
         .await
         .unwrap();
@@ -469,6 +472,7 @@ async fn ban_lock_and_passwords(backend: Backend) {
             }),
             update_mask: mask(&["banned"]),
             password: String::new(),
+            keep_sessions: false,
         })
         .await,
     );
@@ -485,6 +489,7 @@ async fn ban_lock_and_passwords(backend: Backend) {
             }),
             update_mask: mask(&["username"]),
             password: String::new(),
+            keep_sessions: false,
         })
         .await,
     );

@@ -77,6 +77,12 @@ pub mod reason {
     pub const SIGN_IN_COMPLETE: &str = "SIGN_IN_COMPLETE";
     /// The strategy is not one of the sign-in's supported first factors.
     pub const STRATEGY_NOT_ALLOWED: &str = "STRATEGY_NOT_ALLOWED";
+    /// The server does not let users delete their own accounts.
+    pub const SELF_DELETE_DISABLED: &str = "SELF_DELETE_DISABLED";
+    /// The password changed between its check and the update.
+    pub const PASSWORD_CHANGED: &str = "PASSWORD_CHANGED";
+    /// Public or private metadata written from the Frontend API.
+    pub const METADATA_NOT_WRITABLE: &str = "METADATA_NOT_WRITABLE";
     /// The session is revoked, ended or expired.
     pub const SESSION_NOT_ACTIVE: &str = "SESSION_NOT_ACTIVE";
     /// The code could not be delivered; no code is outstanding.

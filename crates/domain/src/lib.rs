@@ -40,7 +40,7 @@ pub use session::{Session, SessionActivity, SessionSecret, SessionStatus};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
     Channel, EmailAddress, IdentifierChange, Lockout, LockoutPolicy, MetadataKind, NewIdentifiers,
-    NewUser, PhoneNumber, ProfileChange, User, UserRecord, UserUpdate, Verification,
+    NewUser, PhoneNumber, ProfileChange, SignOut, User, UserRecord, UserUpdate, Verification,
     VerificationStatus, VerificationStrategy,
 };
 pub use values::{Email, ExternalId, Locale, Name, Phone, Username};

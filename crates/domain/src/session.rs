@@ -162,6 +162,11 @@ impl SessionSecret {
         Self(URL_SAFE_NO_PAD.encode(bytes))
     }
 
+    /// A secret as a client presented it.
+    pub fn from_client(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+
     /// The stored form: SHA-256, hex.
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.0.as_bytes()))

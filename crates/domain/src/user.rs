@@ -1230,6 +1230,17 @@ pub struct UserRecord {
     pub code_sends: SendWindow,
     /// Failed sign-in attempts and the lockout they led to.
     pub lockout: Lockout,
+    /// Sessions to end with this change, in its transaction (set by a
+    /// mutation, for example a password change; never stored).
+    pub sign_out: Option<SignOut>,
+}
+
+/// Ends a user's active sessions together with a change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignOut {
+    /// A session to keep: the caller's own, when a signed-in user changes
+    /// their password.
+    pub except: Option<crate::id::SessionId>,
 }
 
 /// How many failed sign-in attempts lock a user out, and for how long.
@@ -1267,6 +1278,7 @@ impl UserRecord {
             password_hash,
             code_sends: SendWindow::default(),
             lockout: Lockout::default(),
+            sign_out: None,
         }
     }
 

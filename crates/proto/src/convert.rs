@@ -266,6 +266,35 @@ pub fn user(u: &User) -> v1::User {
     }
 }
 
+/// A user as the Frontend API shows it to the user: no private metadata
+/// (the message has no field for it), and no backend-only state.
+pub fn account(u: &User) -> v1::Account {
+    v1::Account {
+        id: u.id.to_string(),
+        first_name: opt_string(u.first_name.as_ref()),
+        last_name: opt_string(u.last_name.as_ref()),
+        username: opt_string(u.username.as_ref()),
+        locale: opt_string(u.locale.as_ref()),
+        image_url: String::new(),
+        has_image: u.has_image,
+        primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
+        primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
+        email_addresses: u
+            .email_addresses
+            .iter()
+            .map(|e| email_address(u, e))
+            .collect(),
+        phone_numbers: u.phone_numbers.iter().map(|p| phone_number(u, p)).collect(),
+        password_enabled: u.password_enabled,
+        two_factor_enabled: u.two_factor_enabled(),
+        public_metadata: Some(metadata_to_struct(&u.public_metadata)),
+        unsafe_metadata: Some(metadata_to_struct(&u.unsafe_metadata)),
+        created_at: Some(timestamp(u.created_at)),
+        updated_at: Some(timestamp(u.updated_at)),
+        last_sign_in_at: u.last_sign_in_at.map(timestamp),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Proto -> domain: requests
 
@@ -594,6 +623,95 @@ pub fn update_user(req: v1::UpdateUserRequest) -> Result<UpdateUserParts, Domain
     Ok((id, update, password))
 }
 
+/// Fields a user may update on their own account.
+const UPDATE_ACCOUNT_PATHS: [&str; 7] = [
+    "first_name",
+    "last_name",
+    "username",
+    "locale",
+    "primary_email_address_id",
+    "primary_phone_number_id",
+    "unsafe_metadata",
+];
+
+/// Parses UpdateAccount (Frontend API). The mask is required; naming public
+/// or private metadata is PERMISSION_DENIED, other unknown fields
+/// INVALID_ARGUMENT.
+pub fn update_account(req: v1::UpdateAccountRequest) -> Result<UserUpdate, DomainError> {
+    let mask = req.update_mask.unwrap_or_default();
+    if mask
+        .paths
+        .iter()
+        .any(|p| p == "public_metadata" || p == "private_metadata")
+    {
+        return Err(DomainError::PermissionDenied {
+            reason: reason::METADATA_NOT_WRITABLE,
+            message: "public and private metadata are written by the Backend API only".to_owned(),
+        });
+    }
+    let mut v = Violations::new();
+    let paths = mask_paths(Some(&mask), &UPDATE_ACCOUNT_PATHS, &mut v).unwrap_or_default();
+    if paths.is_empty() {
+        v.push(FieldViolation::new(
+            "update_mask",
+            reason::FORM_PARAM_MISSING,
+            "name the fields to update",
+        ));
+    }
+    let a = req.account.unwrap_or_default();
+    let has = |p: &str| paths.iter().any(|x| x == p);
+    let mut update = UserUpdate::default();
+    if has("first_name") {
+        update.profile.first_name = v.check("account.first_name", Name::parse(&a.first_name));
+    }
+    if has("last_name") {
+        update.profile.last_name = v.check("account.last_name", Name::parse(&a.last_name));
+    }
+    if has("locale") {
+        update.profile.locale = v.check("account.locale", Locale::parse(&a.locale));
+    }
+    if has("username") {
+        update.username = v.check("account.username", non_empty(&a.username, Username::parse));
+    }
+    if has("primary_email_address_id") {
+        update.primary_email_address_id = v.check(
+            "account.primary_email_address_id",
+            non_empty(&a.primary_email_address_id, IdentificationId::parse),
+        );
+    }
+    if has("primary_phone_number_id") {
+        update.primary_phone_number_id = v.check(
+            "account.primary_phone_number_id",
+            non_empty(&a.primary_phone_number_id, IdentificationId::parse),
+        );
+    }
+    if has("unsafe_metadata") {
+        let parsed = metadata_field(&mut v, "account.unsafe_metadata", a.unsafe_metadata);
+        update
+            .metadata
+            .push((MetadataKind::Unsafe, parsed.unwrap_or_default()));
+    }
+    v.into_result()?;
+    Ok(update)
+}
+
+/// Parses UpdateUnsafeMetadata (Frontend API) into the patch to merge.
+pub fn update_unsafe_metadata(
+    req: v1::UpdateUnsafeMetadataRequest,
+) -> Result<Metadata, DomainError> {
+    let mut v = Violations::new();
+    let Some(patch) = req.unsafe_metadata else {
+        return Err(DomainError::invalid(
+            "unsafe_metadata",
+            reason::FORM_PARAM_MISSING,
+            "unsafe_metadata is required",
+        ));
+    };
+    let parsed = metadata_field(&mut v, "unsafe_metadata", Some(patch));
+    v.into_result()?;
+    Ok(parsed.unwrap_or_default())
+}
+
 /// Parses UpdateUserMetadata into the patches to merge.
 pub fn update_user_metadata(
     req: v1::UpdateUserMetadataRequest,
@@ -862,6 +980,7 @@ mod tests {
                 paths: m.into_iter().map(String::from).collect(),
             }),
             password: String::new(),
+            keep_sessions: false,
         };
         let err = update_user(req(
             Some(vec!["banned"]),

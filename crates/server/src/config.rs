@@ -137,6 +137,10 @@ pub struct SessionArgs {
     /// How long a lockout lasts (`UnlockUser` ends it early).
     #[arg(long, env = "ROSTER_LOCKOUT_DURATION", default_value = "1h", value_parser = parse_duration)]
     pub lockout_duration: Duration,
+    /// Whether signed-in users may delete their own accounts
+    /// (`AccountService.DeleteAccount`).
+    #[arg(long, env = "ROSTER_SELF_DELETE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub self_delete: bool,
     /// Header a trusted proxy in front of Roster puts the client's address
     /// in (e.g. `x-forwarded-for`). Without it, the peer address is used.
     #[arg(long, env = "ROSTER_CLIENT_IP_HEADER")]

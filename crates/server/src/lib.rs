@@ -5,7 +5,9 @@
 //! - [`run`]: serves on a bound listener until a shutdown future completes;
 //!   `main` and every end-to-end test call it.
 //! - [`services`]: `UserService`, `EmailAddressService`,
-//!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`.
+//!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`,
+//!   `AccountService`.
+//! - [`frontend`]: the Frontend API's session-token authentication.
 //! - [`http`]: the plain-HTTP port (JWKS).
 //! - [`activity`]: a session's client address and user agent.
 //! - [`auth`]: the Backend API's secret keys.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod database;
 pub mod delivery;
 pub mod error;
+pub mod frontend;
 pub mod hashing;
 pub mod http;
 pub mod services;
@@ -47,9 +50,11 @@ pub use auth::SecretKeys;
 pub use hashing::Hasher;
 pub use services::verification::CodeSettings;
 
+use roster_proto::v1::account_service_server::AccountServiceServer;
 use roster_proto::v1::jwks_service_server::JwksServiceServer;
 use roster_proto::v1::session_service_server::SessionServiceServer;
 use roster_proto::v1::sign_in_service_server::SignInServiceServer;
+use services::account::Accounts;
 use services::email_addresses::EmailAddresses;
 use services::phone_numbers::PhoneNumbers;
 use services::sessions::{Jwks, Sessions};
@@ -75,6 +80,8 @@ pub struct AppState {
     pub client_ip: activity::ClientIp,
     /// How many failed sign-ins lock a user out, and for how long.
     pub lockout: roster_domain::LockoutPolicy,
+    /// Whether users may delete their own accounts.
+    pub self_delete: bool,
 }
 
 /// Seven days: Clerk's default session lifetime.
@@ -115,13 +122,14 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Names of the services health is reported for (besides the whole
 /// server, `""`).
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     <UserServiceServer<Users> as NamedService>::NAME,
     <EmailAddressServiceServer<EmailAddresses> as NamedService>::NAME,
     <PhoneNumberServiceServer<PhoneNumbers> as NamedService>::NAME,
     <SessionServiceServer<Sessions> as NamedService>::NAME,
     <JwksServiceServer<Jwks> as NamedService>::NAME,
     <SignInServiceServer<SignIns> as NamedService>::NAME,
+    <AccountServiceServer<Accounts> as NamedService>::NAME,
 ];
 
 /// Serves the gRPC API on `listener` until `shutdown` completes, then
@@ -158,8 +166,11 @@ pub async fn run(
     let sessions = SessionServiceServer::new(Sessions::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let jwks = JwksServiceServer::new(Jwks::new(state.clone()));
-    let sign_ins =
-        SignInServiceServer::new(SignIns::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sign_ins = SignInServiceServer::new(SignIns::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let session_auth = frontend::SessionAuth::new(&state);
+    let accounts = AccountServiceServer::new(Accounts::new(state))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let drain = async move {
         shutdown.await;
@@ -197,6 +208,8 @@ pub async fn run(
         // credentials yet).
         .add_service(jwks)
         .add_service(sign_ins)
+        // The Frontend API's signed-in calls: a session token.
+        .add_service(InterceptedService::new(accounts, session_auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await?;
     tracing::info!("drained; server stopped");

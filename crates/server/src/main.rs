@@ -110,6 +110,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             trusted_header: args.sessions.client_ip_header.clone(),
         },
         lockout: args.sessions.lockout(),
+        self_delete: args.sessions.self_delete,
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {

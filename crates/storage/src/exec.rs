@@ -265,9 +265,13 @@ async fn write_changes(
     new: &UserRecord,
 ) -> Result<(), StorageError> {
     settle_uniqueness(conn, &new.user, Some(old)).await?;
+    let now = new.user.updated_at;
     if new.user.banned && !old.banned {
         // A banned user is signed out everywhere, atomically with the ban.
-        crate::sessions::revoke_user_sessions(conn, &new.user.id, new.user.updated_at).await?;
+        crate::sessions::revoke_user_sessions(conn, &new.user.id, now, None).await?;
+    } else if let Some(sign_out) = &new.sign_out {
+        crate::sessions::revoke_user_sessions(conn, &new.user.id, now, sign_out.except.as_ref())
+            .await?;
     }
     write_record(conn, old, new).await
 }

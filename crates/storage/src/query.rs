@@ -42,6 +42,24 @@ pub struct Page {
     pub next_page_token: Option<String>,
 }
 
+/// The number of rows a request's `page_size` asks for: the default for
+/// 0, at most [`MAX_PAGE_SIZE`]; a negative size is recorded in
+/// `violations`.
+pub fn page_limit(page_size: i32, violations: &mut Vec<FieldViolation>) -> usize {
+    match usize::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+        Err(_) => {
+            violations.push(FieldViolation::new(
+                "page_size",
+                reason::FORM_PARAM_VALUE_INVALID,
+                "page_size must not be negative",
+            ));
+            DEFAULT_PAGE_SIZE
+        }
+    }
+}
+
 fn token_error() -> FieldViolation {
     FieldViolation::new(
         "",
@@ -59,18 +77,7 @@ impl ListQuery {
         page_token: &str,
     ) -> Result<Self, Vec<FieldViolation>> {
         let mut violations = Vec::new();
-        let limit = match usize::try_from(page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                violations.push(FieldViolation::new(
-                    "page_size",
-                    reason::FORM_PARAM_VALUE_INVALID,
-                    "page_size must not be negative",
-                ));
-                DEFAULT_PAGE_SIZE
-            }
-        };
+        let limit = page_limit(page_size, &mut violations);
         let mut query = Self {
             filter,
             order,

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::StorageError;
 use crate::exec::{SqlConn, SqlDatabase};
-use crate::query::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::query::page_limit;
 use crate::sql::{self, Bind, Builder, Dialect, Statement};
 
 /// The type of a column read by [`SqlConn::fetch_values`]; every one may
@@ -102,18 +102,7 @@ impl SessionQuery {
         page_token: &str,
     ) -> Result<Self, Vec<FieldViolation>> {
         let mut violations = Vec::new();
-        let limit = match usize::try_from(page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => n.min(MAX_PAGE_SIZE),
-            Err(_) => {
-                violations.push(FieldViolation::new(
-                    "page_size",
-                    reason::FORM_PARAM_VALUE_INVALID,
-                    "page_size must not be negative",
-                ));
-                DEFAULT_PAGE_SIZE
-            }
-        };
+        let limit = page_limit(page_size, &mut violations);
         let mut query = Self {
             user_id,
             status,
@@ -200,6 +189,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         mutation: SessionMutation<'_>,
     ) -> Result<Session, StorageError>;
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StorageError>;
+    /// The session whose secret hashes to `secret_hash`.
+    async fn find_session_by_secret(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<Session>, StorageError>;
 
     async fn insert_sign_in(&self, sign_in: &SignIn) -> Result<(), StorageError>;
     async fn get_sign_in(&self, id: &SignInId) -> Result<Option<SignIn>, StorageError>;
@@ -507,6 +501,17 @@ impl<D: SqlDatabase> SessionStore for D {
             .collect()
     }
 
+    async fn find_session_by_secret(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<Session>, StorageError> {
+        let mut conn = self.connection().await?;
+        let mut b = select(&SESSION_COLUMNS, "sessions", conn.dialect());
+        b.push("secret_hash = ");
+        b.bind(Bind::Text(secret_hash.to_owned()));
+        fetch_one(conn.as_mut(), b.finish(), &SESSION_TYPES, session_from).await
+    }
+
     async fn insert_sign_in(&self, sign_in: &SignIn) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();
@@ -599,11 +604,13 @@ impl<D: SqlDatabase> SessionStore for D {
     }
 }
 
-/// Revokes every active session of a user, inside a user's transaction.
+/// Revokes every active session of a user but `except`, inside a user's
+/// transaction.
 pub(crate) async fn revoke_user_sessions(
     conn: &mut dyn SqlConn,
     user_id: &UserId,
     now: Timestamp,
+    except: Option<&SessionId>,
 ) -> Result<u64, StorageError> {
     let mut b = Builder::new(
         conn.dialect(),
@@ -612,5 +619,9 @@ pub(crate) async fn revoke_user_sessions(
     b.bind(Bind::Int(now.as_millis()));
     b.push(" WHERE status = 'active' AND user_id = ");
     b.bind(Bind::Text(user_id.to_string()));
+    if let Some(except) = except {
+        b.push(" AND id <> ");
+        b.bind(Bind::Text(except.to_string()));
+    }
     conn.execute(b.finish()).await
 }

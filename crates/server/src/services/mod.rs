@@ -2,6 +2,7 @@
 //! (`roster_proto::convert`), applies domain rules through the store's
 //! transactional mutation, and converts the result back.
 
+pub mod account;
 pub mod email_addresses;
 pub mod phone_numbers;
 pub mod sessions;

@@ -82,6 +82,7 @@ impl Users {
     }
 
     async fn update(&self, req: UpdateUserRequest) -> Result<UpdateUserResponse, ApiError> {
+        let keep_sessions = req.keep_sessions;
         let (id, update, password) = convert::update_user(req)?;
         let hash = match password {
             Some(Some(p)) => Some(Some(self.state.hasher.hash(p).await?)),
@@ -98,6 +99,9 @@ impl Users {
                     record.user.apply_update(update, now)?;
                     if let Some(hash) = hash {
                         record.set_password(hash, now);
+                        if !keep_sessions {
+                            record.sign_out = Some(roster_domain::SignOut::default());
+                        }
                     }
                     Ok(())
                 }),
