@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "roster/v1/session_service.proto",
         "roster/v1/sign_in_service.proto",
         "roster/v1/account_service.proto",
+        "roster/v1/sign_up_service.proto",
         // Served by reflection so tools such as grpcurl can decode the
         // error details every Roster error carries.
         "google/rpc/error_details.proto",

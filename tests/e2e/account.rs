@@ -12,12 +12,9 @@ use tonic::transport::Channel;
 use v1::account_service_client::AccountServiceClient;
 use v1::sign_in_service_client::SignInServiceClient;
 
-use std::sync::{Arc, Mutex};
-
-use roster_server::delivery::Deliveries;
-use roster_server::delivery::webhook::{WebhookDelivery, WebhookSecret};
-
-use crate::harness::{Backend, Setup, TestServer, on_both_backends};
+use crate::harness::{
+    Backend, Setup, TestServer, code_sent_to, on_both_backends, webhook_receiver,
+};
 
 const PASSWORD: &str = "correct horse battery";
 /// A value only the private metadata holds; no Frontend API response may
@@ -628,48 +625,6 @@ async fn every_rpc_refuses_every_bad_credential(backend: Backend) {
         .unwrap();
     assert_eq!(still.status(), v1::SessionStatus::Active);
     server.stop().await;
-}
-
-/// A webhook receiver on loopback (a real HTTP server): the messages it
-/// got, and the delivery that sends to it.
-async fn webhook_receiver() -> (Arc<Mutex<Vec<serde_json::Value>>>, Deliveries) {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/codes",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&body).unwrap());
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/codes", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-    let webhook: Arc<dyn roster_server::delivery::Deliver> =
-        Arc::new(WebhookDelivery::new(&url, secret, std::time::Duration::from_secs(5)).unwrap());
-    let delivery = Deliveries {
-        email: Some(webhook.clone()),
-        sms: Some(webhook),
-    };
-    (received, delivery)
-}
-
-/// The code of the last message delivered to `to`.
-fn code_sent_to(received: &Mutex<Vec<serde_json::Value>>, to: &str) -> String {
-    let messages = received.lock().unwrap();
-    let message = messages
-        .iter()
-        .rev()
-        .find(|m| m["to"] == to)
-        .unwrap_or_else(|| panic!("nothing sent to {to}: {messages:?}"));
-    message["code"].as_str().unwrap().to_owned()
 }
 
 async fn a_user_changes_password_and_identifiers(backend: Backend) {

@@ -3,12 +3,13 @@
 //! `main` uses.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use roster_client::{Client, ClientError};
 use roster_domain::{Clock, CodeKey, CodePolicy, Timestamp};
 use roster_server::database::Database;
 use roster_server::delivery::Deliveries;
+use roster_server::delivery::webhook::{WebhookDelivery, WebhookSecret};
 use roster_server::tokens::{SigningAlgorithm, TokenIssuer, TokenSettings};
 use roster_server::{AppState, CodeSettings, Hasher, SecretKeys, ServeOptions};
 use tokio::sync::oneshot;
@@ -141,6 +142,8 @@ impl TestServer {
             client_ip: roster_server::activity::ClientIp::default(),
             lockout: roster_domain::LockoutPolicy::default(),
             self_delete,
+            sign_ups: db.sign_ups(),
+            sign_up: roster_domain::SignUpRequirements::default(),
             clock: clock.clone(),
             hasher: Hasher::new(2),
             codes: CodeSettings {
@@ -257,3 +260,45 @@ macro_rules! on_both_backends {
     };
 }
 pub(crate) use on_both_backends;
+
+/// A webhook receiver on loopback (a real HTTP server): the messages it
+/// got, and the delivery that sends to it.
+pub async fn webhook_receiver() -> (Arc<Mutex<Vec<serde_json::Value>>>, Deliveries) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/codes",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/codes", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let webhook: Arc<dyn roster_server::delivery::Deliver> =
+        Arc::new(WebhookDelivery::new(&url, secret, std::time::Duration::from_secs(5)).unwrap());
+    let delivery = Deliveries {
+        email: Some(webhook.clone()),
+        sms: Some(webhook),
+    };
+    (received, delivery)
+}
+
+/// The code of the last message delivered to `to`.
+pub fn code_sent_to(received: &Mutex<Vec<serde_json::Value>>, to: &str) -> String {
+    let messages = received.lock().unwrap();
+    let message = messages
+        .iter()
+        .rev()
+        .find(|m| m["to"] == to)
+        .unwrap_or_else(|| panic!("nothing sent to {to}: {messages:?}"));
+    message["code"].as_str().unwrap().to_owned()
+}

@@ -16,5 +16,6 @@ mod binary;
 mod harness;
 mod identifiers;
 mod sessions;
+mod sign_up;
 mod users;
 mod verification;

@@ -71,6 +71,10 @@ pub mod reason {
     pub const USER_BANNED: &str = "USER_BANNED";
     /// The user is locked and cannot sign in.
     pub const USER_LOCKED: &str = "USER_LOCKED";
+    /// The sign-up is complete already.
+    pub const SIGN_UP_COMPLETE: &str = "SIGN_UP_COMPLETE";
+    /// The sign-up was abandoned (it expired unfinished).
+    pub const SIGN_UP_EXPIRED: &str = "SIGN_UP_EXPIRED";
     /// The sign-in was abandoned (it expired unfinished).
     pub const SIGN_IN_EXPIRED: &str = "SIGN_IN_EXPIRED";
     /// The sign-in is complete already.

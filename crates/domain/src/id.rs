@@ -114,6 +114,10 @@ prefixed_id!(
     /// Id of a sign-in attempt.
     SignInId, "sia_", "sign-in"
 );
+prefixed_id!(
+    /// Id of a sign-up attempt.
+    SignUpId, "sua_", "sign-up"
+);
 
 #[cfg(test)]
 mod tests {

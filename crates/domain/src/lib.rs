@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod password;
 pub mod query;
 pub mod session;
+pub mod sign_up;
 pub mod time;
 pub mod user;
 pub mod values;
@@ -33,10 +34,11 @@ pub use code::{
     AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, SendWindow, VerificationCode,
 };
 pub use error::{DomainError, FieldViolation, Violations, reason};
-pub use id::{IdentificationId, SessionId, SignInId, UserId};
+pub use id::{IdentificationId, SessionId, SignInId, SignUpId, UserId};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use session::{Session, SessionActivity, SessionSecret, SessionStatus};
+pub use sign_up::{SignUp, SignUpFields, SignUpRequirements, SignUpStatus};
 pub use time::{Clock, SystemClock, Timestamp};
 pub use user::{
     Channel, EmailAddress, IdentifierChange, Lockout, LockoutPolicy, MetadataKind, NewIdentifiers,

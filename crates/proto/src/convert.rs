@@ -8,11 +8,11 @@ use prost_types::value::Kind;
 use prost_types::{FieldMask, ListValue, Struct, Value};
 use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilter};
 use roster_domain::{
-    DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId, Locale,
-    Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
-    ProfileChange, SendWindow, Session, SessionId, SessionStatus, SignInId, Timestamp, User,
-    UserId, UserUpdate, Username, Verification, VerificationStatus, VerificationStrategy,
-    Violations, reason,
+    Channel, DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId,
+    Locale, Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
+    ProfileChange, SendWindow, Session, SessionId, SessionStatus, SignInId, SignUp, SignUpFields,
+    SignUpId, SignUpRequirements, SignUpStatus, Timestamp, User, UserId, UserUpdate, Username,
+    Verification, VerificationStatus, VerificationStrategy, Violations, reason,
 };
 use serde_json::Value as Json;
 
@@ -122,7 +122,7 @@ pub fn metadata_from_struct(s: Struct) -> Result<Metadata, FieldViolation> {
 // ---------------------------------------------------------------------------
 // Domain -> proto
 
-fn verification(v: &Verification) -> v1::Verification {
+pub fn verification(v: &Verification) -> v1::Verification {
     v1::Verification {
         status: match v.status {
             VerificationStatus::Unverified => v1::VerificationStatus::Unverified,
@@ -292,6 +292,132 @@ pub fn account(u: &User) -> v1::Account {
         created_at: Some(timestamp(u.created_at)),
         updated_at: Some(timestamp(u.updated_at)),
         last_sign_in_at: u.last_sign_in_at.map(timestamp),
+    }
+}
+
+/// A sign-up as the Frontend API shows it.
+pub fn sign_up(s: &SignUp, required: &SignUpRequirements, now: Timestamp) -> v1::SignUp {
+    let status = match s.status_at(now) {
+        SignUpStatus::MissingRequirements => v1::SignUpStatus::MissingRequirements,
+        SignUpStatus::Complete => v1::SignUpStatus::Complete,
+        SignUpStatus::Abandoned => v1::SignUpStatus::Abandoned,
+    };
+    let required_fields = [
+        ("email_address", required.email_address),
+        ("phone_number", required.phone_number),
+        ("username", required.username),
+        ("password", required.password),
+    ]
+    .into_iter()
+    .filter(|(_, r)| *r)
+    .map(|(f, _)| f.to_owned())
+    .collect();
+    v1::SignUp {
+        id: s.id.to_string(),
+        status: status.into(),
+        required_fields,
+        missing_fields: s
+            .missing_fields(required)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        unverified_fields: s
+            .unverified_fields()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        email_address: s
+            .email
+            .as_ref()
+            .map(|e| e.value.to_string())
+            .unwrap_or_default(),
+        email_address_verification: s.email.as_ref().map(|e| verification(&e.verification)),
+        phone_number: s
+            .phone
+            .as_ref()
+            .map(|p| p.value.to_string())
+            .unwrap_or_default(),
+        phone_number_verification: s.phone.as_ref().map(|p| verification(&p.verification)),
+        username: opt_string(s.username.as_ref()),
+        password_enabled: s.password_hash.is_some(),
+        first_name: opt_string(s.first_name.as_ref()),
+        last_name: opt_string(s.last_name.as_ref()),
+        unsafe_metadata: Some(metadata_to_struct(&s.unsafe_metadata)),
+        created_user_id: opt_string(s.created_user_id.as_ref()),
+        created_session_id: opt_string(s.created_session_id.as_ref()),
+        created_at: Some(timestamp(s.created_at)),
+        expire_at: Some(timestamp(s.expire_at)),
+    }
+}
+
+/// Sign-up fields parsed from a request, with the password still to hash.
+pub struct SignUpInput {
+    pub fields: SignUpFields,
+    pub password: Option<Password>,
+}
+
+/// Parses the fields of CreateSignUp or UpdateSignUp; empty ones are
+/// left unset.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_up_input(
+    email_address: &str,
+    phone_number: &str,
+    username: &str,
+    password: &str,
+    first_name: &str,
+    last_name: &str,
+    unsafe_metadata: Option<Struct>,
+) -> Result<SignUpInput, DomainError> {
+    let mut v = Violations::new();
+    let mut fields = SignUpFields {
+        email: if email_address.is_empty() {
+            None
+        } else {
+            v.check("email_address", Email::parse(email_address))
+        },
+        phone: if phone_number.is_empty() {
+            None
+        } else {
+            v.check("phone_number", Phone::parse(phone_number))
+        },
+        username: if username.is_empty() {
+            None
+        } else {
+            v.check("username", Username::parse(username))
+        },
+        ..SignUpFields::default()
+    };
+    if !first_name.is_empty() {
+        fields.first_name = v.check("first_name", Name::parse(first_name)).flatten();
+    }
+    if !last_name.is_empty() {
+        fields.last_name = v.check("last_name", Name::parse(last_name)).flatten();
+    }
+    fields.unsafe_metadata = metadata_field(&mut v, "unsafe_metadata", unsafe_metadata);
+    let password = if password.is_empty() {
+        None
+    } else {
+        v.check("password", Password::parse(password))
+    };
+    v.into_result()?;
+    Ok(SignUpInput { fields, password })
+}
+
+/// Parses a sign-up id given in `field`.
+pub fn sign_up_id(field: &str, text: &str) -> Result<SignUpId, DomainError> {
+    SignUpId::parse(text).map_err(|v| v.nested(field).into())
+}
+
+/// The channel of a sign-up verification strategy.
+pub fn code_channel(field: &str, strategy: i32) -> Result<Channel, DomainError> {
+    match v1::VerificationStrategy::try_from(strategy) {
+        Ok(v1::VerificationStrategy::EmailCode) => Ok(Channel::Email),
+        Ok(v1::VerificationStrategy::PhoneCode) => Ok(Channel::Phone),
+        _ => Err(DomainError::invalid(
+            field,
+            reason::FORM_PARAM_VALUE_INVALID,
+            "the strategy must be VERIFICATION_STRATEGY_EMAIL_CODE or VERIFICATION_STRATEGY_PHONE_CODE",
+        )),
     }
 }
 

@@ -137,6 +137,16 @@ pub struct SessionArgs {
     /// How long a lockout lasts (`UnlockUser` ends it early).
     #[arg(long, env = "ROSTER_LOCKOUT_DURATION", default_value = "1h", value_parser = parse_duration)]
     pub lockout_duration: Duration,
+    /// What a sign-up must gather before it completes: any of
+    /// `email_address`, `phone_number`, `username`, `password`.
+    #[arg(
+        long,
+        env = "ROSTER_SIGN_UP_REQUIRES",
+        value_delimiter = ',',
+        default_value = "email_address,password",
+        value_parser = ["email_address", "phone_number", "username", "password"]
+    )]
+    pub sign_up_requires: Vec<String>,
     /// Whether signed-in users may delete their own accounts
     /// (`AccountService.DeleteAccount`).
     #[arg(long, env = "ROSTER_SELF_DELETE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -148,6 +158,17 @@ pub struct SessionArgs {
 }
 
 impl SessionArgs {
+    /// The sign-up requirements these flags describe.
+    pub fn sign_up(&self) -> roster_domain::SignUpRequirements {
+        let has = |f: &str| self.sign_up_requires.iter().any(|r| r == f);
+        roster_domain::SignUpRequirements {
+            email_address: has("email_address"),
+            phone_number: has("phone_number"),
+            username: has("username"),
+            password: has("password"),
+        }
+    }
+
     /// The lockout policy these flags describe.
     pub fn lockout(&self) -> roster_domain::LockoutPolicy {
         roster_domain::LockoutPolicy {

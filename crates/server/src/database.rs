@@ -55,6 +55,14 @@ impl Database {
         }
     }
 
+    /// The sign-up store, for the services.
+    pub fn sign_ups(&self) -> Arc<dyn roster_storage::SignUpStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
     /// Closes the connection pool.
     pub async fn close(&self) {
         match self {

@@ -6,7 +6,7 @@
 //!   `main` and every end-to-end test call it.
 //! - [`services`]: `UserService`, `EmailAddressService`,
 //!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`,
-//!   `AccountService`.
+//!   `AccountService`, `SignUpService`.
 //! - [`frontend`]: the Frontend API's session-token authentication.
 //! - [`http`]: the plain-HTTP port (JWKS).
 //! - [`activity`]: a session's client address and user agent.
@@ -54,11 +54,13 @@ use roster_proto::v1::account_service_server::AccountServiceServer;
 use roster_proto::v1::jwks_service_server::JwksServiceServer;
 use roster_proto::v1::session_service_server::SessionServiceServer;
 use roster_proto::v1::sign_in_service_server::SignInServiceServer;
+use roster_proto::v1::sign_up_service_server::SignUpServiceServer;
 use services::account::Accounts;
 use services::email_addresses::EmailAddresses;
 use services::phone_numbers::PhoneNumbers;
 use services::sessions::{Jwks, Sessions};
 use services::sign_in::SignIns;
+use services::sign_up::SignUps;
 use services::users::Users;
 
 /// What every handler shares.
@@ -82,6 +84,10 @@ pub struct AppState {
     pub lockout: roster_domain::LockoutPolicy,
     /// Whether users may delete their own accounts.
     pub self_delete: bool,
+    /// Sign-ups in progress.
+    pub sign_ups: Arc<dyn roster_storage::SignUpStore>,
+    /// What a sign-up must gather.
+    pub sign_up: roster_domain::SignUpRequirements,
 }
 
 /// Seven days: Clerk's default session lifetime.
@@ -122,7 +128,7 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Names of the services health is reported for (besides the whole
 /// server, `""`).
-pub const SERVICE_NAMES: [&str; 7] = [
+pub const SERVICE_NAMES: [&str; 8] = [
     <UserServiceServer<Users> as NamedService>::NAME,
     <EmailAddressServiceServer<EmailAddresses> as NamedService>::NAME,
     <PhoneNumberServiceServer<PhoneNumbers> as NamedService>::NAME,
@@ -130,6 +136,7 @@ pub const SERVICE_NAMES: [&str; 7] = [
     <JwksServiceServer<Jwks> as NamedService>::NAME,
     <SignInServiceServer<SignIns> as NamedService>::NAME,
     <AccountServiceServer<Accounts> as NamedService>::NAME,
+    <SignUpServiceServer<SignUps> as NamedService>::NAME,
 ];
 
 /// Serves the gRPC API on `listener` until `shutdown` completes, then
@@ -167,6 +174,8 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let jwks = JwksServiceServer::new(Jwks::new(state.clone()));
     let sign_ins = SignInServiceServer::new(SignIns::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sign_ups = SignUpServiceServer::new(SignUps::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let session_auth = frontend::SessionAuth::new(&state);
     let accounts = AccountServiceServer::new(Accounts::new(state))
@@ -208,6 +217,7 @@ pub async fn run(
         // credentials yet).
         .add_service(jwks)
         .add_service(sign_ins)
+        .add_service(sign_ups)
         // The Frontend API's signed-in calls: a session token.
         .add_service(InterceptedService::new(accounts, session_auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)

@@ -111,6 +111,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         lockout: args.sessions.lockout(),
         self_delete: args.sessions.self_delete,
+        sign_ups: db.sign_ups(),
+        sign_up: args.sessions.sign_up(),
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {

@@ -54,6 +54,7 @@ macro_rules! contract_suite {
             sessions_round_trip_and_list_by_status,
             a_ban_revokes_sessions_and_a_sign_in_completes_once,
             signing_keys_round_trip,
+            sign_ups_round_trip_and_complete_once,
             delete_removes_everything,
             filters_select_the_right_users,
             every_order_pages_like_sorting_in_memory,
@@ -1070,5 +1071,112 @@ pub async fn signing_keys_round_trip(store: Arc<dyn crate::Store>) {
     assert_eq!(
         store.signing_keys().await.unwrap(),
         vec![key("new", 2), key("old", 1)]
+    );
+}
+
+pub async fn sign_ups_round_trip_and_complete_once(store: Arc<dyn crate::Store>) {
+    use roster_domain::{SignUp, SignUpFields};
+    let fields = SignUpFields {
+        email: Some(Email::parse("new@example.com").unwrap()),
+        password_hash: Some(Password::parse("correct horse").unwrap().hash()),
+        first_name: Name::parse("Nia").unwrap(),
+        unsafe_metadata: Some(Metadata::parse(json!({"plan": "free"})).unwrap()),
+        ..SignUpFields::default()
+    };
+    let sign_up = SignUp::start(fields, at(0));
+    store.insert_sign_up(&sign_up).await.unwrap();
+    assert_eq!(
+        store.get_sign_up(&sign_up.id).await.unwrap().as_ref(),
+        Some(&sign_up)
+    );
+    let (key, policy) = (CodeKey::generate(), CodePolicy::default());
+    let code = VerificationCode::parse("123456").unwrap();
+    let target = sign_up.code_target(Channel::Email).unwrap().0;
+    let (k, c) = (key.clone(), code.clone());
+    let prepared = store
+        .update_sign_up(
+            &sign_up.id,
+            Box::new(move |s| {
+                s.prepare_verification(Channel::Email, k.hash(&target, &c), &policy, at(1))
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_sign_up(&sign_up.id).await.unwrap().as_ref(),
+        Some(&prepared)
+    );
+    let verified = store
+        .update_sign_up(
+            &sign_up.id,
+            Box::new(move |s| {
+                assert_eq!(
+                    s.attempt_verification(Channel::Email, &code, &key, &policy, at(2))?,
+                    AttemptOutcome::Verified
+                );
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+
+    // Someone else verified the address meanwhile: completion fails and
+    // writes nothing.
+    let other = new_user(&["NEW@example.com"], &[], None, 3);
+    insert(store.as_ref(), &other).await;
+    let record = verified.to_user(at(4)).unwrap();
+    let session = Session::start(
+        record.user.id.clone(),
+        SessionActivity::default(),
+        1000,
+        at(4),
+    )
+    .0;
+    assert_eq!(
+        conflict_field(
+            store
+                .complete_sign_up(&verified.id, &record, &session, at(4))
+                .await
+        ),
+        "email_address"
+    );
+    assert!(store.get_user(&record.user.id).await.unwrap().is_none());
+    assert!(store.get_session(&session.id).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .get_sign_up(&verified.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .created_user_id,
+        None
+    );
+
+    store.delete_user(&other.id).await.unwrap();
+    let done = store
+        .complete_sign_up(&verified.id, &record, &session, at(5))
+        .await
+        .unwrap();
+    assert_eq!(done.created_user_id.as_ref(), Some(&record.user.id));
+    let user = store.get_record(&record.user.id).await.unwrap().unwrap();
+    assert_eq!(
+        user.user.unsafe_metadata,
+        Metadata::parse(json!({"plan": "free"})).unwrap()
+    );
+    assert!(user.password_hash().unwrap().verify("correct horse"));
+    assert!(store.get_session(&session.id).await.unwrap().is_some());
+    // Complete once.
+    let again = Session::start(
+        record.user.id.clone(),
+        SessionActivity::default(),
+        1000,
+        at(6),
+    )
+    .0;
+    assert!(
+        store
+            .complete_sign_up(&verified.id, &record, &again, at(6))
+            .await
+            .is_err()
     );
 }

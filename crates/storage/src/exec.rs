@@ -243,7 +243,10 @@ async fn settle_uniqueness(
 }
 
 /// Inserts a user row and its identifiers.
-async fn insert_user(conn: &mut dyn SqlConn, record: &UserRecord) -> Result<(), StorageError> {
+pub(crate) async fn insert_user(
+    conn: &mut dyn SqlConn,
+    record: &UserRecord,
+) -> Result<(), StorageError> {
     let user = &record.user;
     settle_uniqueness(conn, user, None).await?;
     let binds = UserRow::from_record(record).binds(user);

@@ -12,6 +12,7 @@
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
 //! - [`sessions`]: sessions, sign-ins and token signing keys.
+//! - [`sign_ups`]: sign-ups in progress.
 //! - [`sql`]: SQL text for listing and counting, shared by the PostgreSQL
 //!   and SQLite backends (same schema, different placeholders).
 //! - [`contract`]: the shared test suite, instantiated per backend with
@@ -22,6 +23,7 @@ pub mod exec;
 pub mod query;
 pub mod rows;
 pub mod sessions;
+pub mod sign_ups;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -30,6 +32,7 @@ use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
 pub use query::{ListQuery, Page};
 pub use roster_domain::query::{OrderBy, OrderField, SortValue, UserFilter};
 pub use sessions::{SessionQuery, SessionStore, SignIn, StoredKey, session_page};
+pub use sign_ups::SignUpStore;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +63,9 @@ impl StorageError {
 }
 
 /// Everything a backend stores.
-pub trait Store: UserStore + SessionStore {}
+pub trait Store: UserStore + SessionStore + SignUpStore {}
 
-impl<T: UserStore + SessionStore> Store for T {}
+impl<T: UserStore + SessionStore + SignUpStore> Store for T {}
 
 /// A change to one user, applied inside the store's transaction to the
 /// freshly loaded, locked record. Returning an error rolls back.

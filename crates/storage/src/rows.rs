@@ -68,7 +68,7 @@ pub struct PhoneRow {
 }
 
 /// The verification columns shared by both identifier tables.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VerificationColumns {
     pub status: String,
     pub strategy: Option<String>,
@@ -120,7 +120,7 @@ fn identification_id(value: &str) -> Result<IdentificationId, StorageError> {
 }
 
 impl VerificationColumns {
-    fn from_domain(v: &Verification) -> Self {
+    pub(crate) fn from_domain(v: &Verification) -> Self {
         Self {
             status: v.status.as_str().to_owned(),
             strategy: v.strategy.map(|s| s.as_str().to_owned()),
@@ -133,7 +133,7 @@ impl VerificationColumns {
         }
     }
 
-    fn to_domain(&self) -> Result<Verification, StorageError> {
+    pub(crate) fn to_domain(&self) -> Result<Verification, StorageError> {
         Ok(Verification {
             status: VerificationStatus::from_name(&self.status)
                 .ok_or_else(|| corrupt("verification status", &self.status))?,

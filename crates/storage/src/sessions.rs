@@ -604,6 +604,16 @@ impl<D: SqlDatabase> SessionStore for D {
     }
 }
 
+/// The `INSERT` of a session.
+pub(crate) fn insert_session_statement(session: &Session, dialect: Dialect) -> Statement {
+    sql::insert(
+        "sessions",
+        &SESSION_COLUMNS,
+        session_binds(session),
+        dialect,
+    )
+}
+
 /// Revokes every active session of a user but `except`, inside a user's
 /// transaction.
 pub(crate) async fn revoke_user_sessions(

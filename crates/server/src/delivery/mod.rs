@@ -29,7 +29,8 @@ pub struct CodeMessage {
     pub code: VerificationCode,
     /// The user's locale (BCP 47), when known.
     pub locale: Option<String>,
-    pub user_id: UserId,
+    /// The user, once there is one (a sign-up has none yet).
+    pub user_id: Option<UserId>,
     pub identification_id: IdentificationId,
     /// When the code stops being accepted.
     pub expire_at: Timestamp,

@@ -4,7 +4,8 @@
 //!
 //! The body is one JSON object:
 //! `{"kind":"email"|"sms","to","code","locale","user_id","identification_id","expire_at"}`
-//! (`locale` may be null; `expire_at` is Unix milliseconds). The headers
+//! (`locale` may be null, and `user_id` is null for a sign-up, which has no
+//! user yet; `expire_at` is Unix milliseconds). The headers
 //! are `webhook-id` (unique per message), `webhook-timestamp` (Unix
 //! seconds) and `webhook-signature`: `v1,` then the base64 of
 //! HMAC-SHA256 over `{id}.{timestamp}.{body}`, keyed with the secret's
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac as _};
-use roster_domain::Channel;
+use roster_domain::{Channel, UserId};
 use sha2::Sha256;
 
 use super::{CodeMessage, Deliver, DeliveryError};
@@ -72,7 +73,7 @@ struct Payload<'a> {
     to: &'a str,
     code: &'a str,
     locale: Option<&'a str>,
-    user_id: &'a str,
+    user_id: Option<&'a str>,
     identification_id: &'a str,
     expire_at: i64,
 }
@@ -125,7 +126,7 @@ impl Deliver for WebhookDelivery {
             to: &message.to,
             code: message.code.as_str(),
             locale: message.locale.as_deref(),
-            user_id: message.user_id.as_str(),
+            user_id: message.user_id.as_ref().map(UserId::as_str),
             identification_id: message.identification_id.as_str(),
             expire_at: message.expire_at.as_millis(),
         };

@@ -7,6 +7,7 @@ pub mod email_addresses;
 pub mod phone_numbers;
 pub mod sessions;
 pub mod sign_in;
+pub mod sign_up;
 pub mod users;
 pub mod verification;
 

@@ -76,34 +76,53 @@ pub(crate) async fn prepare(
         to: identifier_text(&user, channel, id)?,
         code,
         locale: user.locale.as_ref().map(ToString::to_string),
-        user_id: user.id.clone(),
+        user_id: Some(user.id.clone()),
         identification_id: id.clone(),
         expire_at: now.plus_millis(policy.ttl_ms),
         valid_minutes: policy.ttl_ms / 60_000,
     };
-    let (users, clock, target) = (state.users.clone(), state.clock.clone(), id.clone());
-    let sent = tokio::spawn(async move {
-        let Err(error) = delivery.deliver(&message).await else {
-            return Ok(());
-        };
-        let withdrawn = users
+    let (users, clock, target, owner) = (
+        state.users.clone(),
+        state.clock.clone(),
+        id.clone(),
+        user.id.clone(),
+    );
+    deliver_or_withdraw(delivery, message, async move {
+        users
             .update_user(
-                &message.user_id,
+                &owner,
                 Box::new(move |r| {
                     r.user
                         .withdraw_verification(channel, &target, &hash, clock.now())
                 }),
             )
-            .await;
-        if let Err(e) = withdrawn {
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    tracing::info!(user_id = %user.id, identification_id = %id, "verification code delivered");
+    Ok((user, None))
+}
+
+/// Sends `message`; if that fails, runs `withdraw` (which takes the
+/// undelivered code back) and reports UNAVAILABLE. Both run in a task of
+/// their own, so a caller hanging up mid-send cannot leave the code behind.
+pub(crate) async fn deliver_or_withdraw(
+    delivery: std::sync::Arc<dyn crate::delivery::Deliver>,
+    message: CodeMessage,
+    withdraw: impl Future<Output = Result<(), roster_storage::StorageError>> + Send + 'static,
+) -> Result<(), ApiError> {
+    let sent = tokio::spawn(async move {
+        let Err(error) = delivery.deliver(&message).await else {
+            return Ok(());
+        };
+        if let Err(e) = withdraw.await {
             tracing::error!(error = %e, "withdrawing an undelivered code failed");
         }
         Err(error)
     })
     .await?;
-    sent.map_err(ApiError::Delivery)?;
-    tracing::info!(user_id = %user.id, identification_id = %id, "verification code delivered");
-    Ok((user, None))
+    sent.map_err(ApiError::Delivery)
 }
 
 /// The address or number `id` stands for, to send a code to.
