@@ -32,7 +32,11 @@ CREATE TABLE sign_ins (
     status      TEXT   NOT NULL,
     created_at  BIGINT NOT NULL,
     expire_at   BIGINT NOT NULL,
-    session_id  TEXT COLLATE "C"
+    session_id  TEXT COLLATE "C",
+    -- A code first factor: the identifier the code is bound to, and its
+    -- verification state (JSON; the code only as a keyed hash).
+    code_target TEXT,
+    code        TEXT
 );
 
 CREATE TABLE signing_keys (

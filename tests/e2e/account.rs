@@ -65,6 +65,7 @@ async fn signed_in(server: &TestServer, email: &str) -> v1::AttemptFirstFactorRe
             sign_in_id: sign_in.id,
             strategy: v1::SignInStrategy::Password.into(),
             password: PASSWORD.into(),
+            code: String::new(),
         })
         .await
         .unwrap()

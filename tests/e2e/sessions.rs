@@ -49,14 +49,15 @@ async fn sign_in(
         .unwrap();
     assert_eq!(sign_in.status(), v1::SignInStatus::NeedsFirstFactor);
     assert_eq!(
-        sign_in.supported_first_factors,
-        vec![i32::from(v1::SignInStrategy::Password)]
+        sign_in.supported_first_factors[0],
+        i32::from(v1::SignInStrategy::Password)
     );
     front
         .attempt_first_factor(v1::AttemptFirstFactorRequest {
             sign_in_id: sign_in.id,
             strategy: v1::SignInStrategy::Password.into(),
             password: password.into(),
+            code: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -160,6 +161,7 @@ async fn password_sign_in_starts_a_session(backend: Backend) {
             sign_in_id: complete.id.clone(),
             strategy: v1::SignInStrategy::Password.into(),
             password: PASSWORD.into(),
+            code: String::new(),
         })
         .await
         .unwrap_err();
@@ -512,7 +514,127 @@ async fn unknown_identifiers_look_like_wrong_passwords(backend: Backend) {
     server.stop().await;
 }
 
+/// Waits (bounded) for a code delivered to `to` in the background.
+async fn wait_for_code(received: &std::sync::Mutex<Vec<serde_json::Value>>, to: &str) -> String {
+    for _ in 0..100 {
+        if received.lock().unwrap().iter().any(|m| m["to"] == to) {
+            return crate::harness::code_sent_to(received, to);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no code reached {to}");
+}
+
+async fn sign_in_with_an_email_code(backend: Backend) {
+    let (received, delivery) = crate::harness::webhook_receiver().await;
+    let server = TestServer::start_with_delivery(backend, delivery).await;
+    let mut c = server.client().await;
+    let user = user_with_password(&mut c, "code@example.com").await;
+    let mut front = frontend(&server).await;
+    let start = |front: &mut SignInServiceClient<Channel>, identifier: &'static str| {
+        let mut front = front.clone();
+        async move {
+            front
+                .create_sign_in(v1::CreateSignInRequest {
+                    identifier: identifier.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .sign_in
+                .unwrap()
+        }
+    };
+    let known = start(&mut front, "code@example.com").await;
+    assert_eq!(
+        known.supported_first_factors,
+        vec![
+            i32::from(v1::SignInStrategy::Password),
+            i32::from(v1::SignInStrategy::EmailCode)
+        ]
+    );
+    let prepare = |id: &str| v1::PrepareFirstFactorRequest {
+        sign_in_id: id.into(),
+        strategy: v1::SignInStrategy::EmailCode.into(),
+    };
+    let attempt = |id: &str, code: &str| v1::AttemptFirstFactorRequest {
+        sign_in_id: id.into(),
+        strategy: v1::SignInStrategy::EmailCode.into(),
+        code: code.into(),
+        ..Default::default()
+    };
+    front
+        .prepare_first_factor(prepare(&known.id))
+        .await
+        .unwrap();
+    let code = wait_for_code(&received, "code@example.com").await;
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let known_wrong = front
+        .attempt_first_factor(attempt(&known.id, &wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (known_wrong.code(), reason(&known_wrong).as_str()),
+        (Code::InvalidArgument, "CODE_INCORRECT")
+    );
+
+    // An unknown address: the same answers, and nothing is sent.
+    let unknown = start(&mut front, "nobody@example.com").await;
+    assert_eq!(
+        unknown.supported_first_factors,
+        known.supported_first_factors
+    );
+    front
+        .prepare_first_factor(prepare(&unknown.id))
+        .await
+        .unwrap();
+    let unknown_wrong = front
+        .attempt_first_factor(attempt(&unknown.id, &wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (
+            unknown_wrong.code(),
+            unknown_wrong.message(),
+            reason(&unknown_wrong)
+        ),
+        (
+            known_wrong.code(),
+            known_wrong.message(),
+            reason(&known_wrong)
+        )
+    );
+    // A resend within 30 seconds waits, for both alike.
+    for id in [&known.id, &unknown.id] {
+        let soon = front.prepare_first_factor(prepare(id)).await.unwrap_err();
+        assert_eq!(reason(&soon), "VERIFICATION_RESEND_TOO_SOON");
+    }
+
+    let signed_in = front
+        .attempt_first_factor(attempt(&known.id, &code))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed_in.session.unwrap().user_id, user.id.to_string());
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|m| m["to"] != "nobody@example.com")
+    );
+    // A username has no code factor.
+    let by_name = start(&mut front, "some_username").await;
+    let refused = front
+        .prepare_first_factor(prepare(&by_name.id))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "STRATEGY_NOT_ALLOWED");
+    server.stop().await;
+}
+
 on_both_backends!(
+    sign_in_with_an_email_code,
     password_sign_in_starts_a_session,
     backend_lists_revokes_and_mints,
     bans_and_locks_stop_sign_ins_and_bans_end_sessions,

@@ -1021,11 +1021,40 @@ pub async fn a_ban_revokes_sessions_and_a_sign_in_completes_once(store: Arc<dyn 
         created_at: at(1),
         expire_at: at(100),
         session_id: None,
+        code: None,
     };
     store.insert_sign_in(&sign_in).await.unwrap();
     assert_eq!(
         store.get_sign_in(&sign_in.id).await.unwrap().as_ref(),
         Some(&sign_in)
+    );
+    // A code first factor round-trips.
+    let target = IdentificationId::generate(at(1));
+    let hash = CodeKey::generate().hash(&target, &VerificationCode::parse("123456").unwrap());
+    let with_code = store
+        .update_sign_in(
+            &sign_in.id,
+            Box::new(move |s| {
+                let mut verification = roster_domain::Verification::unverified();
+                verification.prepare(
+                    roster_domain::VerificationStrategy::EmailCode,
+                    hash,
+                    &CodePolicy::default(),
+                    at(1),
+                )?;
+                s.code = Some(crate::SignInCode {
+                    target,
+                    verification,
+                });
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(with_code.code.is_some());
+    assert_eq!(
+        store.get_sign_in(&sign_in.id).await.unwrap().as_ref(),
+        Some(&with_code)
     );
     let session = session_for(&user, 2, 1_000);
     assert!(store.complete_sign_in(&sign_in.id, &session).await.unwrap());

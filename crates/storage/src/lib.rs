@@ -31,7 +31,7 @@ use roster_domain::{DomainError, IdentificationId, User, UserId, UserRecord};
 
 pub use query::{ListQuery, Page};
 pub use roster_domain::query::{OrderBy, OrderField, SortValue, UserFilter};
-pub use sessions::{SessionQuery, SessionStore, SignIn, StoredKey, session_page};
+pub use sessions::{SessionQuery, SessionStore, SignIn, SignInCode, StoredKey, session_page};
 pub use sign_ups::SignUpStore;
 
 /// Why a store operation failed.

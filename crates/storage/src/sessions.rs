@@ -6,8 +6,11 @@
 
 use async_trait::async_trait;
 use roster_domain::{
-    DomainError, Session, SessionActivity, SessionId, SessionStatus, SignInId, Timestamp, UserId,
+    DomainError, IdentificationId, Session, SessionActivity, SessionId, SessionStatus, SignInId,
+    Timestamp, UserId, Verification,
 };
+
+use crate::rows::VerificationColumns;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -76,7 +79,21 @@ pub struct SignIn {
     pub expire_at: Timestamp,
     /// The session it created, once complete.
     pub session_id: Option<SessionId>,
+    /// The one-time code of a code first factor, once prepared.
+    pub code: Option<SignInCode>,
 }
+
+/// A sign-in's one-time code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignInCode {
+    /// The identifier the code was sent to (a stand-in when the sign-in
+    /// names no user); the code's hash is bound to it.
+    pub target: IdentificationId,
+    pub verification: Verification,
+}
+
+/// A change to one sign-in, applied to the locked row.
+pub type SignInMutation<'a> = Box<dyn FnOnce(&mut SignIn) -> Result<(), DomainError> + Send + 'a>;
 
 /// Which sessions to list.
 #[derive(Clone, Debug)]
@@ -197,6 +214,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     async fn insert_sign_in(&self, sign_in: &SignIn) -> Result<(), StorageError>;
     async fn get_sign_in(&self, id: &SignInId) -> Result<Option<SignIn>, StorageError>;
+    /// Locks the sign-in, applies `mutation` and writes it back.
+    async fn update_sign_in(
+        &self,
+        id: &SignInId,
+        mutation: SignInMutation<'_>,
+    ) -> Result<SignIn, StorageError>;
     /// Marks a sign-in complete with its session, in the session's
     /// transaction: the sign-in completes once, or not at all. `false` if it
     /// was complete already.
@@ -235,7 +258,7 @@ const SESSION_TYPES: [ColumnType; 14] = {
     ]
 };
 
-const SIGN_IN_COLUMNS: [&str; 7] = [
+const SIGN_IN_COLUMNS: [&str; 9] = [
     "id",
     "identifier",
     "user_id",
@@ -243,11 +266,13 @@ const SIGN_IN_COLUMNS: [&str; 7] = [
     "created_at",
     "expire_at",
     "session_id",
+    "code_target",
+    "code",
 ];
 
-const SIGN_IN_TYPES: [ColumnType; 7] = {
+const SIGN_IN_TYPES: [ColumnType; 9] = {
     use ColumnType::{Int, Text};
-    [Text, Text, Text, Text, Int, Int, Text]
+    [Text, Text, Text, Text, Int, Int, Text, Text, Text]
 };
 
 const KEY_COLUMNS: [&str; 4] = ["kid", "algorithm", "private_key_pem", "created_at"];
@@ -360,7 +385,43 @@ fn sign_in_from(values: Vec<Value>) -> Result<SignIn, StorageError> {
         created_at: c.time()?,
         expire_at: c.time()?,
         session_id: c.text()?.as_deref().map(session_id).transpose()?,
+        code: match (c.text()?, c.text()?) {
+            (Some(target), Some(json)) => Some(SignInCode {
+                target: IdentificationId::parse(&target).map_err(|_| corrupt("code target"))?,
+                verification: serde_json::from_str::<VerificationColumns>(&json)
+                    .map_err(StorageError::internal)?
+                    .to_domain()?,
+            }),
+            _ => None,
+        },
     })
+}
+
+fn sign_in_binds(sign_in: &SignIn) -> Result<Vec<Bind>, StorageError> {
+    let code = match &sign_in.code {
+        Some(code) => Some(
+            serde_json::to_string(&VerificationColumns::from_domain(&code.verification))
+                .map_err(StorageError::internal)?,
+        ),
+        None => None,
+    };
+    Ok(vec![
+        Bind::Text(sign_in.id.to_string()),
+        Bind::Text(sign_in.identifier.clone()),
+        opt_text(sign_in.user_id.as_ref().map(ToString::to_string).as_ref()),
+        Bind::Text(sign_in.status.clone()),
+        Bind::Int(sign_in.created_at.as_millis()),
+        Bind::Int(sign_in.expire_at.as_millis()),
+        opt_text(
+            sign_in
+                .session_id
+                .as_ref()
+                .map(ToString::to_string)
+                .as_ref(),
+        ),
+        opt_text(sign_in.code.as_ref().map(|c| c.target.to_string()).as_ref()),
+        opt_text(code.as_ref()),
+    ])
 }
 
 fn key_from(values: Vec<Value>) -> Result<StoredKey, StorageError> {
@@ -515,24 +576,37 @@ impl<D: SqlDatabase> SessionStore for D {
     async fn insert_sign_in(&self, sign_in: &SignIn) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();
-        let binds = vec![
-            Bind::Text(sign_in.id.to_string()),
-            Bind::Text(sign_in.identifier.clone()),
-            opt_text(sign_in.user_id.as_ref().map(ToString::to_string).as_ref()),
-            Bind::Text(sign_in.status.clone()),
-            Bind::Int(sign_in.created_at.as_millis()),
-            Bind::Int(sign_in.expire_at.as_millis()),
-            opt_text(
-                sign_in
-                    .session_id
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .as_ref(),
-            ),
-        ];
-        conn.execute(sql::insert("sign_ins", &SIGN_IN_COLUMNS, binds, dialect))
-            .await?;
+        conn.execute(sql::insert(
+            "sign_ins",
+            &SIGN_IN_COLUMNS,
+            sign_in_binds(sign_in)?,
+            dialect,
+        ))
+        .await?;
         Ok(())
+    }
+
+    async fn update_sign_in(
+        &self,
+        id: &SignInId,
+        mutation: SignInMutation<'_>,
+    ) -> Result<SignIn, StorageError> {
+        let mut tx = self.begin_write().await?;
+        let dialect = tx.dialect();
+        let statement = by_id(&SIGN_IN_COLUMNS, "sign_ins", id.as_str(), true, dialect);
+        let mut sign_in = fetch_one(tx.as_mut(), statement, &SIGN_IN_TYPES, sign_in_from)
+            .await?
+            .ok_or_else(|| DomainError::not_found("sign-in", id.as_str()))?;
+        mutation(&mut sign_in)?;
+        tx.execute(sql::update_by_id(
+            "sign_ins",
+            &SIGN_IN_COLUMNS,
+            sign_in_binds(&sign_in)?,
+            dialect,
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(sign_in)
     }
 
     async fn get_sign_in(&self, id: &SignInId) -> Result<Option<SignIn>, StorageError> {

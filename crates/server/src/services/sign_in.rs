@@ -14,21 +14,25 @@
 
 use roster_domain::query::{OrderBy, UserFilter};
 use roster_domain::{
-    DomainError, Email, Phone, Session, SignInId, Timestamp, User, UserId, Username, reason,
+    AttemptOutcome, Channel, DomainError, Email, IdentificationId, Phone, Session, SignInId,
+    Timestamp, User, UserId, Username, Verification, VerificationCode, VerificationStrategy,
+    reason,
 };
 use roster_proto::convert;
 use roster_proto::v1::sign_in_service_server::SignInService;
 use roster_proto::v1::{
     self, AttemptFirstFactorRequest, AttemptFirstFactorResponse, CreateSignInRequest,
-    CreateSignInResponse, GetSignInRequest, GetSignInResponse, SignInStatus, SignInStrategy,
+    CreateSignInResponse, GetSignInRequest, GetSignInResponse, PrepareFirstFactorRequest,
+    PrepareFirstFactorResponse, SignInStatus, SignInStrategy,
 };
-use roster_storage::{ListQuery, SignIn};
+use roster_storage::{ListQuery, SignIn, SignInCode};
 use tonic::{Request, Response, Status};
 
 use super::respond;
 use super::users::MAX_CANDIDATE_BYTES;
 use crate::AppState;
 use crate::activity;
+use crate::delivery::CodeMessage;
 use crate::error::ApiError;
 
 /// How long a sign-in may take before it is abandoned.
@@ -106,10 +110,107 @@ impl Identifier {
     }
 }
 
-/// The first factors of every sign-in. Only the kind of identifier could
-/// change them, so they reveal nothing about the account.
-fn first_factors() -> Vec<i32> {
-    vec![SignInStrategy::Password.into()]
+impl Identifier {
+    /// The first factors of a sign-in with this identifier. Only the kind
+    /// of identifier decides them, so they reveal nothing about the
+    /// account.
+    fn first_factors(&self) -> Vec<SignInStrategy> {
+        match self {
+            Self::Email(_) => vec![SignInStrategy::Password, SignInStrategy::EmailCode],
+            Self::Phone(_) => vec![SignInStrategy::Password, SignInStrategy::PhoneCode],
+            Self::Username(_) => vec![SignInStrategy::Password],
+        }
+    }
+
+    /// The user's verified identifier this names: its id, and where a code
+    /// for it goes.
+    fn of_user(&self, user: &User) -> Option<(IdentificationId, String)> {
+        match self {
+            Self::Email(e) => user
+                .email_addresses
+                .iter()
+                .find(|a| a.verification.is_verified() && a.email.normalized() == e.normalized())
+                .map(|a| (a.id.clone(), a.email.to_string())),
+            Self::Phone(p) => user
+                .phone_numbers
+                .iter()
+                .find(|n| n.verification.is_verified() && &n.phone == p)
+                .map(|n| (n.id.clone(), n.phone.to_string())),
+            Self::Username(_) => None,
+        }
+    }
+}
+
+/// The verification strategy of a code first factor.
+fn code_strategy(strategy: SignInStrategy) -> VerificationStrategy {
+    match strategy {
+        SignInStrategy::PhoneCode => VerificationStrategy::PhoneCode,
+        _ => VerificationStrategy::EmailCode,
+    }
+}
+
+/// Delivers a sign-in code, after counting it against the user's send
+/// limit; a code over the limit, or one that cannot be delivered, is
+/// withdrawn. Failures are only logged: the caller was answered already.
+async fn send_sign_in_code(
+    state: AppState,
+    delivery: std::sync::Arc<dyn crate::delivery::Deliver>,
+    message: CodeMessage,
+    sign_in_id: SignInId,
+    hash: roster_domain::CodeHash,
+) {
+    let Some(user_id) = message.user_id.clone() else {
+        return;
+    };
+    let (policy, now) = (state.codes.policy, state.clock.now());
+    let admitted = state
+        .users
+        .update_user(
+            &user_id,
+            Box::new(move |r| {
+                r.code_sends.admit(
+                    policy.user_send_limit,
+                    policy.send_window_ms,
+                    now,
+                    "this user",
+                )
+            }),
+        )
+        .await;
+    let sessions = state.sessions.clone();
+    let withdraw = async move {
+        sessions
+            .update_sign_in(
+                &sign_in_id,
+                Box::new(move |s| {
+                    if let Some(c) = s.code.as_mut() {
+                        c.verification.withdraw(&hash);
+                    }
+                    Ok(())
+                }),
+            )
+            .await
+            .map(|_| ())
+    };
+    if let Err(e) = admitted {
+        tracing::warn!(user_id = %user_id, error = %e, "sign-in code not sent");
+        if let Err(e) = withdraw.await {
+            tracing::error!(error = %e, "withdrawing an unsent sign-in code failed");
+        }
+        return;
+    }
+    match super::verification::deliver_or_withdraw(delivery, message, withdraw).await {
+        Ok(()) => tracing::info!(user_id = %user_id, "sign-in code delivered"),
+        Err(e) => tracing::warn!(user_id = %user_id, error = %e, "sign-in code not delivered"),
+    }
+}
+
+/// The first factors of a stored sign-in.
+fn first_factors(sign_in: &SignIn) -> Vec<SignInStrategy> {
+    Identifier::parse(&sign_in.identifier).map_or_else(
+        |_| vec![SignInStrategy::Password],
+        |i| i.first_factors(),
+    )
 }
 
 fn shown(sign_in: &SignIn, now: Timestamp) -> v1::SignIn {
@@ -122,7 +223,7 @@ fn shown(sign_in: &SignIn, now: Timestamp) -> v1::SignIn {
         id: sign_in.id.to_string(),
         status: status.into(),
         identifier: sign_in.identifier.clone(),
-        supported_first_factors: first_factors(),
+        supported_first_factors: first_factors(sign_in).into_iter().map(i32::from).collect(),
         created_session_id: sign_in
             .session_id
             .as_ref()
@@ -176,6 +277,7 @@ impl SignIns {
             created_at: now,
             expire_at: now.plus_millis(SIGN_IN_TTL_MS),
             session_id: None,
+            code: None,
         };
         self.state.sessions.insert_sign_in(&sign_in).await?;
         Ok(CreateSignInResponse {
@@ -193,13 +295,13 @@ impl SignIns {
             .ok_or_else(|| DomainError::not_found("sign-in", id.as_str()))?)
     }
 
-    async fn attempt(
-        &self,
-        req: AttemptFirstFactorRequest,
-        activity: roster_domain::SessionActivity,
-    ) -> Result<AttemptFirstFactorResponse, ApiError> {
-        let sign_in = self.load("sign_in_id", &req.sign_in_id).await?;
-        let now = self.state.clock.now();
+    /// Refuses a sign-in that is complete or abandoned, or a strategy it
+    /// does not support.
+    fn ensure_open(
+        sign_in: &SignIn,
+        strategy: i32,
+        now: Timestamp,
+    ) -> Result<SignInStrategy, ApiError> {
         if sign_in.status == COMPLETE {
             return Err(DomainError::precondition(
                 reason::SIGN_IN_COMPLETE,
@@ -214,15 +316,44 @@ impl SignIns {
             )
             .into());
         }
-        if req.strategy != i32::from(SignInStrategy::Password) {
-            return Err(DomainError::invalid(
-                "strategy",
-                reason::STRATEGY_NOT_ALLOWED,
-                "the strategy is not a supported first factor of this sign-in",
+        SignInStrategy::try_from(strategy)
+            .ok()
+            .filter(|s| first_factors(sign_in).contains(s))
+            .ok_or_else(|| {
+                DomainError::invalid(
+                    "strategy",
+                    reason::STRATEGY_NOT_ALLOWED,
+                    "the strategy is not a supported first factor of this sign-in",
+                )
+                .into()
+            })
+    }
+
+    /// Counts a failed first factor towards the user's lockout, in the
+    /// user's transaction (so concurrent guesses are each counted).
+    async fn count_failure(&self, user_id: &UserId, now: Timestamp) -> Result<(), ApiError> {
+        let policy = self.state.lockout;
+        self.state
+            .users
+            .update_user(
+                user_id,
+                Box::new(move |r| {
+                    r.record_failed_attempt(&policy, now);
+                    Ok(())
+                }),
             )
-            .into());
-        }
-        if req.password.is_empty() || req.password.len() > MAX_CANDIDATE_BYTES {
+            .await?;
+        Ok(())
+    }
+
+    /// Checks a password; the user it proves.
+    async fn check_password(
+        &self,
+        sign_in: &SignIn,
+        password: &str,
+        now: Timestamp,
+    ) -> Result<UserId, ApiError> {
+        if password.is_empty() || password.len() > MAX_CANDIDATE_BYTES {
             return Err(password_incorrect());
         }
         let record = match &sign_in.user_id {
@@ -238,30 +369,181 @@ impl SignIns {
         let correct = self
             .state
             .hasher
-            .verify_maybe(hash, req.password.clone())
+            .verify_maybe(hash, password.to_owned())
             .await?;
-        let policy = self.state.lockout;
         let Some(record) = record else {
             tracing::info!(sign_in_id = %sign_in.id, "sign-in refused: password incorrect");
             return Err(password_incorrect());
         };
-        let user_id = record.user.id.clone();
         if !correct {
-            // Counted in the user's transaction, so concurrent guesses are
-            // each counted.
-            self.state
-                .users
-                .update_user(
-                    &user_id,
-                    Box::new(move |r| {
-                        r.record_failed_attempt(&policy, now);
-                        Ok(())
-                    }),
-                )
-                .await?;
-            tracing::info!(sign_in_id = %sign_in.id, user_id = %user_id, "sign-in refused: password incorrect");
+            self.count_failure(&record.user.id, now).await?;
+            tracing::info!(sign_in_id = %sign_in.id, user_id = %record.user.id, "sign-in refused: password incorrect");
             return Err(password_incorrect());
         }
+        Ok(record.user.id)
+    }
+
+    /// Checks a code sent for the sign-in; the user it proves.
+    async fn check_code(
+        &self,
+        sign_in: &SignIn,
+        strategy: SignInStrategy,
+        code: &str,
+        now: Timestamp,
+    ) -> Result<UserId, ApiError> {
+        let code =
+            VerificationCode::parse(code).map_err(|v| DomainError::from(v.nested("code")))?;
+        if let Some(id) = &sign_in.user_id
+            && let Some(record) = self.state.users.get_record(id).await?
+        {
+            record.ensure_not_locked_out(now)?;
+        }
+        let expected = code_strategy(strategy);
+        let (key, policy) = (self.state.codes.key.clone(), self.state.codes.policy);
+        let mut outcome = AttemptOutcome::NotPrepared;
+        self.state
+            .sessions
+            .update_sign_in(
+                &sign_in.id,
+                Box::new(|s| {
+                    if let Some(c) = s.code.as_mut()
+                        && c.verification.strategy == Some(expected)
+                    {
+                        outcome = c.verification.attempt(&c.target, &code, &key, &policy, now);
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        match (outcome, &sign_in.user_id) {
+            (AttemptOutcome::Verified, Some(user_id)) => Ok(user_id.clone()),
+            // A sign-in that names no one never sent its code; even a lucky
+            // guess proves nothing.
+            (AttemptOutcome::Verified, None) => {
+                Err(DomainError::CodeIncorrect { attempts_left: 0 }.into())
+            }
+            (AttemptOutcome::Incorrect { .. }, Some(user_id)) => {
+                self.count_failure(user_id, now).await?;
+                outcome.into_result()?;
+                Err(ApiError::Internal("an incorrect code was accepted"))
+            }
+            _ => {
+                outcome.into_result()?;
+                Err(ApiError::Internal("an unverified code was accepted"))
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        req: PrepareFirstFactorRequest,
+    ) -> Result<PrepareFirstFactorResponse, ApiError> {
+        let sign_in = self.load("sign_in_id", &req.sign_in_id).await?;
+        let now = self.state.clock.now();
+        let strategy = Self::ensure_open(&sign_in, req.strategy, now)?;
+        let channel = match strategy {
+            SignInStrategy::EmailCode => Channel::Email,
+            SignInStrategy::PhoneCode => Channel::Phone,
+            _ => {
+                return Err(DomainError::invalid(
+                    "strategy",
+                    reason::STRATEGY_NOT_ALLOWED,
+                    "only code strategies are prepared",
+                )
+                .into());
+            }
+        };
+        let delivery = self
+            .state
+            .delivery
+            .for_channel(channel)
+            .cloned()
+            .ok_or_else(|| {
+                DomainError::precondition(
+                    reason::DELIVERY_NOT_CONFIGURED,
+                    format!(
+                        "this server has no delivery configured for {}s",
+                        channel.what()
+                    ),
+                )
+            })?;
+        // Where the code goes: the user's verified identifier, or nowhere
+        // (a stand-in id, so the stored state looks the same).
+        let user = match &sign_in.user_id {
+            Some(id) => self.state.users.get_user(id).await?,
+            None => None,
+        };
+        let identifier = Identifier::parse(&sign_in.identifier)?;
+        let found = user.as_ref().and_then(|u| identifier.of_user(u));
+        // Without a user, the stand-in id stays the same across resends, so
+        // cooldowns and limits apply exactly as for a real identifier.
+        let target = match (&found, &sign_in.code) {
+            (Some((id, _)), _) => id.clone(),
+            (None, Some(code)) => code.target.clone(),
+            (None, None) => IdentificationId::generate(now),
+        };
+        let code = VerificationCode::generate();
+        let hash = self.state.codes.key.hash(&target, &code);
+        let (policy, expected, stored) = (
+            self.state.codes.policy,
+            code_strategy(strategy),
+            hash.clone(),
+        );
+        let updated = self
+            .state
+            .sessions
+            .update_sign_in(
+                &sign_in.id,
+                Box::new(move |s| {
+                    let mut verification = match s.code.take() {
+                        Some(c) if c.target == target => c.verification,
+                        _ => Verification::unverified(),
+                    };
+                    verification.prepare(expected, stored, &policy, now)?;
+                    s.code = Some(SignInCode {
+                        target,
+                        verification,
+                    });
+                    Ok(())
+                }),
+            )
+            .await?;
+        if let (Some((target, to)), Some(user)) = (found, user) {
+            let message = CodeMessage {
+                channel,
+                to,
+                code,
+                locale: user.locale.as_ref().map(ToString::to_string),
+                user_id: Some(user.id.clone()),
+                identification_id: target,
+                expire_at: now.plus_millis(policy.ttl_ms),
+                valid_minutes: policy.ttl_ms / 60_000,
+            };
+            // Sent in the background, so the answer takes the same time
+            // whether or not anyone receives a code.
+            let state = self.state.clone();
+            let sign_in_id = sign_in.id.clone();
+            tokio::spawn(async move {
+                send_sign_in_code(state, delivery, message, sign_in_id, hash).await;
+            });
+        }
+        Ok(PrepareFirstFactorResponse {
+            sign_in: Some(shown(&updated, now)),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        req: AttemptFirstFactorRequest,
+        activity: roster_domain::SessionActivity,
+    ) -> Result<AttemptFirstFactorResponse, ApiError> {
+        let sign_in = self.load("sign_in_id", &req.sign_in_id).await?;
+        let now = self.state.clock.now();
+        let strategy = Self::ensure_open(&sign_in, req.strategy, now)?;
+        let user_id = match strategy {
+            SignInStrategy::Password => self.check_password(&sign_in, &req.password, now).await?,
+            _ => self.check_code(&sign_in, strategy, &req.code, now).await?,
+        };
         // The user is read again under its lock: a ban or lockout that
         // lands while the password was checked still stops the sign-in.
         let user = self
@@ -338,6 +620,13 @@ impl SignInService for SignIns {
             }
             .await,
         )
+    }
+
+    async fn prepare_first_factor(
+        &self,
+        request: Request<PrepareFirstFactorRequest>,
+    ) -> Result<Response<PrepareFirstFactorResponse>, Status> {
+        respond(self.prepare(request.into_inner()).await)
     }
 
     async fn attempt_first_factor(
