@@ -181,7 +181,7 @@ async fn every_rpc(
         (
             "GetToken",
             ok(account
-                .get_token(with_auth(v1::GetTokenRequest {}, auth))
+                .get_token(with_auth(v1::GetTokenRequest::default(), auth))
                 .await),
         ),
         (
@@ -412,7 +412,7 @@ async fn a_signed_in_user_manages_their_account(backend: Backend) {
     // Tokens: a fresh one from the token, and from the session secret once
     // the token has expired; the secret opens nothing else.
     let fresh = account
-        .get_token(with_auth(v1::GetTokenRequest {}, auth))
+        .get_token(with_auth(v1::GetTokenRequest::default(), auth))
         .await
         .unwrap()
         .into_inner()
@@ -429,7 +429,7 @@ async fn a_signed_in_user_manages_their_account(backend: Backend) {
     );
     let secret = format!("Session {}", signed.session_secret);
     let renewed = account
-        .get_token(with_auth(v1::GetTokenRequest {}, Some(&secret)))
+        .get_token(with_auth(v1::GetTokenRequest::default(), Some(&secret)))
         .await
         .unwrap()
         .into_inner()
@@ -570,7 +570,7 @@ async fn every_rpc_refuses_every_bad_credential(backend: Backend) {
             .unwrap();
         front
             .get_token(with_auth(
-                v1::GetTokenRequest {},
+                v1::GetTokenRequest::default(),
                 Some(&format!("Session {}", mallory.session_secret)),
             ))
             .await

@@ -144,6 +144,7 @@ impl TestServer {
             self_delete,
             sign_ups: db.sign_ups(),
             sign_up: roster_domain::SignUpRequirements::default(),
+            jwt_templates: Arc::new(roster_server::jwt_templates::JwtTemplates::default()),
             clock: clock.clone(),
             hasher: Hasher::new(2),
             codes: CodeSettings {

@@ -225,7 +225,45 @@ async fn backend_lists_revokes_and_mints(backend: Backend) {
     let mint = |seconds| v1::CreateSessionTokenRequest {
         session_id: first.id.clone(),
         expires_in_seconds: seconds,
+        template: String::new(),
     };
+    // The built-in Hasura template adds its claims; Roster's stay.
+    let hasura = c
+        .sessions()
+        .create_session_token(v1::CreateSessionTokenRequest {
+            template: "hasura".into(),
+            ..mint(0)
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    let claims = verify_with_jwks(&server, &hasura).await;
+    assert_eq!(
+        (claims.sub.as_str(), claims.exp - claims.iat),
+        (user.id.as_str(), 60)
+    );
+    let body: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            hasura.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        body["https://hasura.io/jwt/claims"]["x-hasura-user-id"],
+        user.id.to_string()
+    );
+    let unknown = c
+        .sessions()
+        .create_session_token(v1::CreateSessionTokenRequest {
+            template: "nope".into(),
+            ..mint(0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     let jwt = c
         .sessions()
         .create_session_token(mint(3600))

@@ -147,6 +147,10 @@ pub struct SessionArgs {
         value_parser = ["email_address", "phone_number", "username", "password"]
     )]
     pub sign_up_requires: Vec<String>,
+    /// JSON file of JWT templates (`{"name": {"claims": {…}, "lifetime":
+    /// 60}}`), added to the built-in `hasura` one.
+    #[arg(long, env = "ROSTER_JWT_TEMPLATES")]
+    pub jwt_templates: Option<PathBuf>,
     /// Whether signed-in users may delete their own accounts
     /// (`AccountService.DeleteAccount`).
     #[arg(long, env = "ROSTER_SELF_DELETE", default_value_t = true, action = clap::ArgAction::Set)]

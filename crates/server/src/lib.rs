@@ -15,6 +15,7 @@
 //! - [`hashing`]: the bounded password-hashing pool.
 //! - [`delivery`]: sending verification codes by SMTP or webhook.
 //! - [`tokens`]: signing keys, session tokens (JWT) and the JWKS.
+//! - [`jwt_templates`]: named claim sets for session tokens.
 //! - [`database`]: opening SQLite or PostgreSQL from a URL.
 //! - [`config`]: command-line flags and `ROSTER_*` variables.
 
@@ -27,6 +28,7 @@ pub mod error;
 pub mod frontend;
 pub mod hashing;
 pub mod http;
+pub mod jwt_templates;
 pub mod services;
 pub mod tokens;
 
@@ -88,6 +90,8 @@ pub struct AppState {
     pub sign_ups: Arc<dyn roster_storage::SignUpStore>,
     /// What a sign-up must gather.
     pub sign_up: roster_domain::SignUpRequirements,
+    /// Named claim sets for session tokens.
+    pub jwt_templates: Arc<jwt_templates::JwtTemplates>,
 }
 
 /// Seven days: Clerk's default session lifetime.

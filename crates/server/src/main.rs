@@ -8,6 +8,7 @@ use roster_domain::{Clock as _, CodeKey, CodePolicy, SystemClock};
 use roster_server::activity::ClientIp;
 use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
 use roster_server::database::Database;
+use roster_server::jwt_templates::JwtTemplates;
 use roster_server::tokens::TokenIssuer;
 use roster_server::{
     AppState, CodeSettings, DEFAULT_SESSION_LIFETIME_MS, Hasher, SecretKeys, ServeOptions,
@@ -90,6 +91,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .delivery
         .deliveries()
         .map_err(|e| anyhow::anyhow!("code delivery: {e}"))?;
+    let jwt_templates = match &args.sessions.jwt_templates {
+        Some(path) => JwtTemplates::load(path)?,
+        None => JwtTemplates::default(),
+    };
     let db = open(&args.database).await?;
     let clock = Arc::new(SystemClock);
     let tokens = TokenIssuer::start(
@@ -113,6 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         self_delete: args.sessions.self_delete,
         sign_ups: db.sign_ups(),
         sign_up: args.sessions.sign_up(),
+        jwt_templates: Arc::new(jwt_templates),
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {

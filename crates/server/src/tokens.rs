@@ -341,6 +341,19 @@ impl TokenIssuer {
         now: Timestamp,
         lifetime_s: i64,
     ) -> Result<String, &'static str> {
+        self.sign_with(user, session, now, lifetime_s, serde_json::Map::new())
+    }
+
+    /// Signs a session token carrying `extra` claims (a JWT template's)
+    /// besides Roster's own, which always win.
+    pub fn sign_with(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        now: Timestamp,
+        lifetime_s: i64,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, &'static str> {
         let iat = now.as_millis().div_euclid(1000);
         let claims = Claims {
             sub: user.as_str(),
@@ -351,7 +364,14 @@ impl TokenIssuer {
             exp: iat + lifetime_s,
             azp: None,
         };
-        self.sign_claims(&claims)
+        let serde_json::Value::Object(registered) =
+            serde_json::to_value(&claims).map_err(|_| "claims do not serialize")?
+        else {
+            return Err("claims are not an object");
+        };
+        let mut all = extra;
+        all.extend(registered);
+        self.sign_claims(&all)
     }
 
     fn sign_claims(&self, claims: &impl Serialize) -> Result<String, &'static str> {

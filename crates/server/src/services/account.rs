@@ -378,7 +378,7 @@ impl Accounts {
 
     async fn token(&self, request: Request<GetTokenRequest>) -> Result<GetTokenResponse, ApiError> {
         let session = caller(&self.state, &request, true).await?;
-        let jwt = mint(&self.state, &session.id, self.state.tokens.lifetime_s).await?;
+        let jwt = mint(&self.state, &session.id, None, &request.get_ref().template).await?;
         Ok(GetTokenResponse { jwt })
     }
 }

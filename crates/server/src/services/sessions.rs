@@ -79,8 +79,8 @@ impl Sessions {
     ) -> Result<CreateSessionTokenResponse, ApiError> {
         let id = convert::session_id("session_id", &req.session_id)?;
         let lifetime = match req.expires_in_seconds {
-            0 => self.state.tokens.lifetime_s,
-            s if TOKEN_LIFETIME_S.contains(&s) => s,
+            0 => None,
+            s if TOKEN_LIFETIME_S.contains(&s) => Some(s),
             _ => {
                 return Err(DomainError::invalid(
                     "expires_in_seconds",
@@ -90,25 +90,51 @@ impl Sessions {
                 .into());
             }
         };
-        let jwt = mint(&self.state, &id, lifetime).await?;
+        let jwt = mint(&self.state, &id, lifetime, &req.template).await?;
         Ok(CreateSessionTokenResponse { jwt })
     }
 }
 
-/// Mints a token for an active session, recording the activity.
+/// Mints a token for an active session, recording the activity. With a
+/// template, its claims are added and its lifetime is the default.
 pub(crate) async fn mint(
     state: &AppState,
     id: &roster_domain::SessionId,
-    lifetime_s: i64,
+    lifetime_s: Option<i64>,
+    template: &str,
 ) -> Result<String, ApiError> {
+    let template = if template.is_empty() {
+        None
+    } else {
+        Some(
+            state
+                .jwt_templates
+                .get(template)
+                .ok_or_else(|| DomainError::not_found("JWT template", template))?,
+        )
+    };
     let now = state.clock.now();
     let session = state
         .sessions
         .update_session(id, Box::new(move |s| s.touch(now)))
         .await?;
+    let lifetime = lifetime_s
+        .or(template.map(|t| t.lifetime_s))
+        .unwrap_or(state.tokens.lifetime_s);
+    let extra = match template {
+        None => serde_json::Map::new(),
+        Some(template) => {
+            let user = state
+                .users
+                .get_user(&session.user_id)
+                .await?
+                .ok_or_else(|| DomainError::not_found("user", session.user_id.as_str()))?;
+            template.render(&user, &session.id)
+        }
+    };
     state
         .tokens
-        .sign(&session.user_id, &session.id, now, lifetime_s)
+        .sign_with(&session.user_id, &session.id, now, lifetime, extra)
         .map_err(ApiError::Internal)
 }
 

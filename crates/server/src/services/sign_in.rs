@@ -207,10 +207,8 @@ async fn send_sign_in_code(
 
 /// The first factors of a stored sign-in.
 fn first_factors(sign_in: &SignIn) -> Vec<SignInStrategy> {
-    Identifier::parse(&sign_in.identifier).map_or_else(
-        |_| vec![SignInStrategy::Password],
-        |i| i.first_factors(),
-    )
+    Identifier::parse(&sign_in.identifier)
+        .map_or_else(|_| vec![SignInStrategy::Password], |i| i.first_factors())
 }
 
 fn shown(sign_in: &SignIn, now: Timestamp) -> v1::SignIn {
