@@ -189,6 +189,28 @@ async fn migrate_then_serve_on_postgres() {
     server.wait_for("drained; server stopped");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_signing_key_adds_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = command(&dir)
+            .args(["rotate-signing-key", "--token-algorithm", "eddsa"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(logs.contains("added a signing key"), "{logs}");
+        assert!(!logs.contains("PRIVATE KEY"), "{logs}");
+    }
+    // Both keys are in the database the servers publish from.
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let db = roster_server::database::Database::open(&url).await.unwrap();
+    let keys = db.sessions().signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.algorithm == "EdDSA"));
+    db.close().await;
+}
+
 #[test]
 fn serve_help_documents_every_flag_and_variable() {
     let output = Command::new(BIN)

@@ -32,6 +32,19 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Add a new session-token signing key and exit. Restart the servers
+    /// to sign with it; older keys stay published in the JWKS.
+    RotateSigningKey(RotateArgs),
+}
+
+/// Flags of `roster rotate-signing-key`.
+#[derive(Clone, Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Algorithm of the new key.
+    #[arg(long, env = "ROSTER_TOKEN_ALGORITHM", value_enum, default_value_t = SigningAlgorithm::Rs256)]
+    pub token_algorithm: SigningAlgorithm,
 }
 
 /// How logs are written.

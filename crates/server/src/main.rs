@@ -161,6 +161,19 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(*args).await,
+        Command::RotateSigningKey(args) => {
+            let db = open(&args.database).await?;
+            let kid = TokenIssuer::rotate(
+                db.sessions().as_ref(),
+                args.token_algorithm,
+                SystemClock.now(),
+            )
+            .await
+            .context("creating a signing key")?;
+            db.close().await;
+            tracing::info!(kid = %kid, "added a signing key; restart the servers to sign with it");
+            Ok(())
+        }
         Command::Migrate(args) => {
             let db = open(&args).await?;
             db.close().await;

@@ -299,18 +299,8 @@ impl TokenIssuer {
             .iter()
             .any(|k| k.algorithm == settings.algorithm.name())
         {
-            let algorithm = settings.algorithm;
-            let der = tokio::task::spawn_blocking(move || generate(algorithm))
-                .await
-                .map_err(|e| KeyError::Generate(e.to_string()))??;
-            let key = StoredKey {
-                kid: new_kid(algorithm),
-                algorithm: algorithm.name().to_owned(),
-                private_key_pem: pem("PRIVATE KEY", &der),
-                created_at: now,
-            };
-            store.insert_signing_key(&key).await?;
-            tracing::info!(kid = %key.kid, algorithm = algorithm.name(), "created a token signing key");
+            let kid = Self::rotate(store, settings.algorithm, now).await?;
+            tracing::info!(kid = %kid, algorithm = settings.algorithm.name(), "created a token signing key");
             stored = store.signing_keys().await?;
         }
         let keys = stored.iter().map(load).collect::<Result<Vec<_>, _>>()?;
@@ -325,6 +315,27 @@ impl TokenIssuer {
             lifetime_s: settings.lifetime_s,
             skew_s: settings.skew_s,
         })
+    }
+
+    /// Adds a new signing key of `algorithm`. Processes started afterwards
+    /// sign with it; every older key stays published, so tokens they
+    /// signed keep verifying. Returns the new key's id.
+    pub async fn rotate(
+        store: &dyn SessionStore,
+        algorithm: SigningAlgorithm,
+        now: Timestamp,
+    ) -> Result<String, KeyError> {
+        let der = tokio::task::spawn_blocking(move || generate(algorithm))
+            .await
+            .map_err(|e| KeyError::Generate(e.to_string()))??;
+        let key = StoredKey {
+            kid: new_kid(algorithm),
+            algorithm: algorithm.name().to_owned(),
+            private_key_pem: pem("PRIVATE KEY", &der),
+            created_at: now,
+        };
+        store.insert_signing_key(&key).await?;
+        Ok(key.kid)
     }
 
     /// The public keys, newest first.
@@ -453,7 +464,13 @@ struct SessionClaimsWithNbf {
 mod tests {
     use super::*;
 
-    async fn issuer(algorithm: SigningAlgorithm) -> (TokenIssuer, tempfile::TempDir) {
+    async fn issuer(
+        algorithm: SigningAlgorithm,
+    ) -> (
+        TokenIssuer,
+        roster_storage_sqlite::SqliteStore,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = roster_storage_sqlite::SqliteStore::connect(&url)
@@ -472,7 +489,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(issuer.jwks(), again.jwks());
-        (issuer, dir)
+        (issuer, store, dir)
     }
 
     fn part(token: &str, i: usize) -> serde_json::Value {
@@ -489,7 +506,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_verify_only_as_signed_and_in_time() {
         for algorithm in [SigningAlgorithm::Rs256, SigningAlgorithm::Eddsa] {
-            let (issuer, _dir) = issuer(algorithm).await;
+            let (issuer, store, _dir) = issuer(algorithm).await;
             let now = Timestamp::from_millis(1_700_000_000_000);
             let (user, session) = (UserId::generate(now), SessionId::generate(now));
             let token = issuer.sign(&user, &session, now, 60).unwrap();
@@ -538,8 +555,31 @@ mod tests {
                 Err(TokenError::Malformed)
             ));
 
+            // After a rotation the new key signs, and the old one still
+            // verifies what it signed.
+            let kid = TokenIssuer::rotate(&store, algorithm, now).await.unwrap();
+            let rotated = TokenIssuer::start(
+                &store,
+                TokenSettings {
+                    algorithm,
+                    ..TokenSettings::default()
+                },
+                now,
+            )
+            .await
+            .unwrap();
+            assert_eq!(rotated.jwks().len(), 2);
+            assert_eq!(rotated.jwks()[0].kid, kid);
+            let new_token = rotated.sign(&user, &session, now, 60).unwrap();
+            assert_eq!(part(&new_token, 0)["kid"], kid.as_str());
+            assert!(rotated.verify(&token, now).is_ok());
+            assert!(
+                issuer.verify(&new_token, now).is_err(),
+                "an old process lacks the new key"
+            );
+
             // Another issuer's key (same algorithm) does not verify it.
-            let (other, _dir2) = self::issuer(algorithm).await;
+            let (other, _other_store, _dir2) = self::issuer(algorithm).await;
             let mut header = part(&token, 0);
             header["kid"] = other.jwks()[0].kid.clone().into();
             assert!(other.verify(&token, now).is_err());
