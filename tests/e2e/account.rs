@@ -279,7 +279,13 @@ async fn every_rpc(
                 ))
                 .await),
         ),
-        // Last: it ends the caller's account.
+        // Last: these end the caller's session, then account.
+        (
+            "SignOut",
+            ok(account
+                .sign_out(with_auth(v1::SignOutRequest {}, auth))
+                .await),
+        ),
         (
             "DeleteAccount",
             ok(account
@@ -411,13 +417,24 @@ async fn a_signed_in_user_manages_their_account(backend: Backend) {
 
     // Tokens: a fresh one from the token, and from the session secret once
     // the token has expired; the secret opens nothing else.
+    let mut with_origin = with_auth(v1::GetTokenRequest::default(), auth);
+    with_origin.metadata_mut().insert(
+        "origin",
+        MetadataValue::from_static("https://app.example.com"),
+    );
     let fresh = account
-        .get_token(with_auth(v1::GetTokenRequest::default(), auth))
+        .get_token(with_origin)
         .await
         .unwrap()
         .into_inner()
         .jwt;
-    assert_ne!(fresh, "");
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(fresh.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["azp"], "https://app.example.com");
     server.clock.advance(2 * 60 * 1000);
     let expired = account
         .get_account(with_auth(v1::GetAccountRequest {}, auth))
@@ -476,6 +493,21 @@ async fn a_signed_in_user_manages_their_account(backend: Backend) {
         (signed_out.code(), reason(&signed_out).as_str()),
         (Code::Unauthenticated, "SESSION_NOT_ACTIVE")
     );
+
+    // Signing out ends the calling session.
+    let ended = account
+        .sign_out(with_auth(v1::SignOutRequest {}, Some(&renewed_auth)))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(ended.status(), v1::SessionStatus::Ended);
+    let after = account
+        .get_account(with_auth(v1::GetAccountRequest {}, Some(&renewed_auth)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&after), "SESSION_NOT_ACTIVE");
     server.stop().await;
 }
 
@@ -602,6 +634,10 @@ async fn every_rpc_refuses_every_bad_credential(backend: Backend) {
     for (rpc, result) in every_rpc(&mut account, Some(&mallory_auth), &targets).await {
         if TARGETED.contains(&rpc) {
             assert_eq!(result.unwrap_err().code(), Code::NotFound, "{rpc}");
+        } else if rpc == "DeleteAccount" {
+            // Mallory signed out just before.
+            let status = result.unwrap_err();
+            assert_eq!(reason(&status), "SESSION_NOT_ACTIVE");
         } else {
             let bytes = result.unwrap_or_else(|e| panic!("{rpc}: {e:?}"));
             let text = String::from_utf8_lossy(&bytes);

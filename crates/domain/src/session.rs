@@ -125,6 +125,14 @@ impl Session {
         Ok(())
     }
 
+    /// Ends an active session: its user signed out.
+    pub fn end(&mut self, now: Timestamp) -> Result<(), DomainError> {
+        self.ensure_active(now)?;
+        self.status = SessionStatus::Ended;
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// Records that the session was used (a token was minted).
     pub fn touch(&mut self, now: Timestamp) -> Result<(), DomainError> {
         self.ensure_active(now)?;

@@ -36,6 +36,19 @@ impl ClientIp {
     }
 }
 
+/// The request's `origin` (a browser's page origin), for a token's `azp`
+/// claim: `scheme://host[:port]`, at most 256 characters; anything else is
+/// ignored.
+pub fn origin(metadata: &MetadataMap) -> Option<String> {
+    let origin = metadata.get("origin")?.to_str().ok()?.trim();
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    let valid =
+        origin.len() <= 256 && !host.is_empty() && !host.contains(['/', '?', '#', ' ', '@']);
+    valid.then(|| origin.to_owned())
+}
+
 /// The activity of a request: its client address and user agent.
 pub fn of_request(
     client_ip: &ClientIp,
@@ -128,6 +141,33 @@ mod tests {
         );
         let grpc = parsed("grpc-python/1.85.1 grpc-c/50.0.0 (linux; chttp2)");
         assert_eq!((grpc.browser_name, grpc.device_type), (None, None));
+    }
+
+    #[test]
+    fn origins_become_azp_only_when_well_formed() {
+        let with = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("origin", value.parse().unwrap());
+            origin(&metadata)
+        };
+        assert_eq!(
+            with("https://app.example.com").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            with("http://localhost:3000").as_deref(),
+            Some("http://localhost:3000")
+        );
+        for bad in [
+            "null",
+            "https://",
+            "https://a.example/path",
+            "ftp://x",
+            "https://u@h",
+        ] {
+            assert_eq!(with(bad), None, "{bad}");
+        }
+        assert_eq!(origin(&MetadataMap::new()), None);
     }
 
     #[test]

@@ -352,11 +352,12 @@ impl TokenIssuer {
         now: Timestamp,
         lifetime_s: i64,
     ) -> Result<String, &'static str> {
-        self.sign_with(user, session, now, lifetime_s, serde_json::Map::new())
+        self.sign_with(user, session, now, lifetime_s, serde_json::Map::new(), None)
     }
 
     /// Signs a session token carrying `extra` claims (a JWT template's)
-    /// besides Roster's own, which always win.
+    /// besides Roster's own, which always win; `azp` is the origin the
+    /// token was asked for from, when known.
     pub fn sign_with(
         &self,
         user: &UserId,
@@ -364,6 +365,7 @@ impl TokenIssuer {
         now: Timestamp,
         lifetime_s: i64,
         extra: serde_json::Map<String, serde_json::Value>,
+        azp: Option<&str>,
     ) -> Result<String, &'static str> {
         let iat = now.as_millis().div_euclid(1000);
         let claims = Claims {
@@ -373,7 +375,7 @@ impl TokenIssuer {
             iat,
             nbf: iat - self.skew_s,
             exp: iat + lifetime_s,
-            azp: None,
+            azp,
         };
         let serde_json::Value::Object(registered) =
             serde_json::to_value(&claims).map_err(|_| "claims do not serialize")?

@@ -23,8 +23,8 @@ use roster_proto::v1::{
     AccountServicePreparePhoneNumberVerificationResponse, AccountServiceRevokeSessionRequest,
     AccountServiceRevokeSessionResponse, ChangePasswordRequest, ChangePasswordResponse,
     DeleteAccountRequest, DeleteAccountResponse, GetAccountRequest, GetAccountResponse,
-    GetTokenRequest, GetTokenResponse, UpdateAccountRequest, UpdateAccountResponse,
-    UpdateUnsafeMetadataRequest, UpdateUnsafeMetadataResponse,
+    GetTokenRequest, GetTokenResponse, SignOutRequest, SignOutResponse, UpdateAccountRequest,
+    UpdateAccountResponse, UpdateUnsafeMetadataRequest, UpdateUnsafeMetadataResponse,
 };
 use roster_storage::SessionQuery;
 use tonic::{Request, Response, Status};
@@ -376,9 +376,34 @@ impl Accounts {
         Ok(DeleteAccountResponse {})
     }
 
+    async fn sign_out(
+        &self,
+        request: Request<SignOutRequest>,
+    ) -> Result<SignOutResponse, ApiError> {
+        let session = caller(&self.state, &request, false).await?;
+        let now = self.state.clock.now();
+        let ended = self
+            .state
+            .sessions
+            .update_session(&session.id, Box::new(move |s| s.end(now)))
+            .await?;
+        tracing::info!(session_id = %ended.id, user_id = %ended.user_id, "signed out");
+        Ok(SignOutResponse {
+            session: Some(convert::session(&ended, now)),
+        })
+    }
+
     async fn token(&self, request: Request<GetTokenRequest>) -> Result<GetTokenResponse, ApiError> {
         let session = caller(&self.state, &request, true).await?;
-        let jwt = mint(&self.state, &session.id, None, &request.get_ref().template).await?;
+        let origin = crate::activity::origin(request.metadata());
+        let jwt = mint(
+            &self.state,
+            &session.id,
+            None,
+            &request.get_ref().template,
+            origin.as_deref(),
+        )
+        .await?;
         Ok(GetTokenResponse { jwt })
     }
 }
@@ -425,6 +450,13 @@ impl AccountService for Accounts {
         request: Request<GetTokenRequest>,
     ) -> Result<Response<GetTokenResponse>, Status> {
         respond(self.token(request).await)
+    }
+
+    async fn sign_out(
+        &self,
+        request: Request<SignOutRequest>,
+    ) -> Result<Response<SignOutResponse>, Status> {
+        respond(Accounts::sign_out(self, request).await)
     }
 
     async fn change_password(

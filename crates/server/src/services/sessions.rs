@@ -90,7 +90,7 @@ impl Sessions {
                 .into());
             }
         };
-        let jwt = mint(&self.state, &id, lifetime, &req.template).await?;
+        let jwt = mint(&self.state, &id, lifetime, &req.template, None).await?;
         Ok(CreateSessionTokenResponse { jwt })
     }
 }
@@ -102,6 +102,7 @@ pub(crate) async fn mint(
     id: &roster_domain::SessionId,
     lifetime_s: Option<i64>,
     template: &str,
+    azp: Option<&str>,
 ) -> Result<String, ApiError> {
     let template = if template.is_empty() {
         None
@@ -134,7 +135,7 @@ pub(crate) async fn mint(
     };
     state
         .tokens
-        .sign_with(&session.user_id, &session.id, now, lifetime, extra)
+        .sign_with(&session.user_id, &session.id, now, lifetime, extra, azp)
         .map_err(ApiError::Internal)
 }
 
