@@ -384,7 +384,25 @@ async fn bans_and_locks_stop_sign_ins_and_bans_end_sessions(backend: Backend) {
         (Code::PermissionDenied, "USER_BANNED")
     );
     c.unban_user(&user.id).await.unwrap();
+    let before_lock = sign_in(&mut front, "ban@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .session
+        .unwrap();
     c.lock_user(&user.id).await.unwrap();
+    let locked_out = c
+        .sessions()
+        .get_session(v1::GetSessionRequest { id: before_lock.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(
+        locked_out.status(),
+        v1::SessionStatus::Revoked,
+        "a lock signs the user out"
+    );
     let locked = sign_in(&mut front, "ban@example.com", PASSWORD)
         .await
         .unwrap_err();
@@ -463,8 +481,19 @@ async fn failed_sign_ins_lock_out_counted_under_concurrency(backend: Backend) {
     sign_in(&mut front, "lock@example.com", PASSWORD)
         .await
         .unwrap();
+    // A burst gets no more guesses evaluated than the lockout allows: of
+    // twelve at once, ten are checked and two refused unchecked.
+    let mut reasons = concurrent_wrong(&front, "lock@example.com", 12).await;
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            vec!["FORM_PASSWORD_INCORRECT".to_owned(); 10],
+            vec!["USER_LOCKED".to_owned(); 2]
+        ]
+        .concat()
+    );
     // UnlockUser ends a lockout early.
-    concurrent_wrong(&front, "lock@example.com", 10).await;
     assert_eq!(
         reason(
             &sign_in(&mut front, "lock@example.com", PASSWORD)

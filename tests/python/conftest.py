@@ -104,10 +104,12 @@ class Server:
                 event = json.loads(line)
             except ValueError:
                 continue
+            # The two ports report in either order.
             if event.get("message") == "serving HTTP":
                 self.http_address = event["addr"]
             if event.get("message") == "serving gRPC":
                 self.address = event["addr"]
+            if hasattr(self, "address") and hasattr(self, "http_address"):
                 break
         else:
             raise RuntimeError("roster exited before serving:\n" + "".join(seen))

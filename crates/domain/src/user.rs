@@ -1233,6 +1233,9 @@ pub struct UserRecord {
     /// Sessions to end with this change, in its transaction (set by a
     /// mutation, for example a password change; never stored).
     pub sign_out: Option<SignOut>,
+    /// A session to begin with this change, in its transaction (a
+    /// completed sign-in; stored in the sessions table).
+    pub start_session: Option<crate::session::Session>,
 }
 
 /// Ends a user's active sessions together with a change.
@@ -1279,6 +1282,7 @@ impl UserRecord {
             code_sends: SendWindow::default(),
             lockout: Lockout::default(),
             sign_out: None,
+            start_session: None,
         }
     }
 
@@ -1316,6 +1320,21 @@ impl UserRecord {
                 locked_until: Some(now.plus_millis(policy.duration_ms)),
             };
         }
+    }
+
+    /// Admits one sign-in attempt (a password or code about to be
+    /// checked): refused while locked out, otherwise counted as failed
+    /// until it succeeds. Counting before checking bounds the guesses any
+    /// burst of concurrent attempts can have evaluated to the policy's
+    /// limit.
+    pub fn admit_attempt(
+        &mut self,
+        policy: &LockoutPolicy,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        self.ensure_not_locked_out(now)?;
+        self.record_failed_attempt(policy, now);
+        Ok(())
     }
 
     /// A successful sign-in: the count of failures starts afresh.

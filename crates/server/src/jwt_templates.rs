@@ -240,15 +240,24 @@ fn render_value(value: &Value, user: &User, session: &SessionId) -> Value {
             if codes.len() == 1 && whole.starts_with("{{") && whole.ends_with("}}") {
                 return value_of(codes[0], user, session);
             }
-            let mut out = s.clone();
-            for code in codes {
-                let text = match value_of(code, user, session) {
-                    Value::String(t) => t,
-                    Value::Null => String::new(),
-                    other => other.to_string(),
+            // One pass, left to right: substituted values are never read
+            // again as template text.
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                let Some(len) = rest[start..].find("}}") else {
+                    break;
                 };
-                out = out.replacen(&format!("{{{{{code}}}}}"), &text, 1);
+                out.push_str(&rest[..start]);
+                let code = rest[start + 2..start + len].trim();
+                match value_of(code, user, session) {
+                    Value::String(t) => out.push_str(&t),
+                    Value::Null => {}
+                    other => out.push_str(&other.to_string()),
+                }
+                rest = &rest[start + len + 2..];
             }
+            out.push_str(rest);
             Value::String(out)
         }
         Value::Array(items) => Value::Array(
@@ -323,6 +332,16 @@ mod tests {
         assert_eq!(claims["greeting"], "hello Ada (7)");
         assert_eq!(claims["verified"], true);
         assert_eq!(claims["list"], json!([user.id.to_string(), 1]));
+        // A value that looks like a shortcode stays text.
+        let mut sneaky = ada();
+        sneaky.unsafe_metadata =
+            Metadata::parse(json!({"n": "{{user.public_metadata.role}}"})).unwrap();
+        let spec =
+            json!({"claims": {"x": "{{user.unsafe_metadata.n}}|{{user.public_metadata.role}}"}});
+        let rendered = JwtTemplates::parse("t", &spec)
+            .unwrap()
+            .render(&sneaky, &session);
+        assert_eq!(rendered["x"], "{{user.public_metadata.role}}|admin");
         let hasura = JwtTemplates::default();
         let rendered = Value::Object(hasura.get("hasura").unwrap().render(&user, &session));
         assert_eq!(

@@ -127,6 +127,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How often token signing keys are reloaded from the store.
+const KEY_REFRESH_INTERVAL: Duration = Duration::from_mins(1);
+
 /// Largest request message accepted, so one call cannot exhaust memory.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -168,6 +171,7 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let keys = options.secret_keys.clone();
+    let (state_tokens, state_sessions) = (state.tokens.clone(), state.sessions.clone());
     let users = UserServiceServer::new(Users::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let emails = EmailAddressServiceServer::new(EmailAddresses::new(state.clone()))
@@ -200,6 +204,20 @@ pub async fn run(
         tracing::info!("shutting down: draining in-flight calls");
     };
 
+    // Keys other replicas make, or a rotation adds, are published and
+    // accepted within a minute, without a restart.
+    let (tokens, store) = (state_tokens, state_sessions);
+    let refresher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_REFRESH_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = tokens.refresh(store.as_ref()).await {
+                tracing::warn!(error = %e, "reloading token signing keys failed");
+            }
+        }
+    });
+
     tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving gRPC");
     Server::builder()
         // A per-call deadline, so a stuck database cannot hold a call (and
@@ -226,6 +244,7 @@ pub async fn run(
         .add_service(InterceptedService::new(accounts, session_auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await?;
+    refresher.abort();
     tracing::info!("drained; server stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! `alg: none` and algorithm confusion cannot get through.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -111,9 +112,12 @@ pub struct SessionClaims {
 
 /// Signs and verifies session tokens.
 pub struct TokenIssuer {
-    /// Newest first; the first of the configured algorithm signs.
-    keys: Vec<LoadedKey>,
-    signing: usize,
+    /// Every stored key, newest first: published, and accepted. Reloaded
+    /// by [`TokenIssuer::refresh`], so keys other replicas made or a
+    /// rotation added appear without a restart.
+    keys: std::sync::RwLock<Vec<Arc<LoadedKey>>>,
+    /// The key this process signs with, chosen at start.
+    signing: Arc<LoadedKey>,
     /// The `iss` claim.
     pub issuer: String,
     /// Default token lifetime, seconds.
@@ -126,10 +130,7 @@ pub struct TokenIssuer {
 impl fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenIssuer")
-            .field(
-                "kids",
-                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
-            )
+            .field("signing", &self.signing.kid)
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
@@ -303,13 +304,17 @@ impl TokenIssuer {
             tracing::info!(kid = %kid, algorithm = settings.algorithm.name(), "created a token signing key");
             stored = store.signing_keys().await?;
         }
-        let keys = stored.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+        let keys = stored
+            .iter()
+            .map(|k| load(k).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let signing = keys
             .iter()
-            .position(|k| k.algorithm == settings.algorithm)
+            .find(|k| k.algorithm == settings.algorithm)
+            .cloned()
             .ok_or_else(|| KeyError::Generate("no key of the configured algorithm".into()))?;
         Ok(Self {
-            keys,
+            keys: std::sync::RwLock::new(keys),
             signing,
             issuer: settings.issuer,
             lifetime_s: settings.lifetime_s,
@@ -338,9 +343,41 @@ impl TokenIssuer {
         Ok(key.kid)
     }
 
+    /// Reloads the stored keys: those made since (by another replica, or
+    /// `rotate-signing-key`) are published and accepted from now on. The
+    /// signing key stays the one chosen at start.
+    pub async fn refresh(&self, store: &dyn SessionStore) -> Result<(), KeyError> {
+        let stored = store.signing_keys().await?;
+        let current = self.current_keys();
+        let mut keys = Vec::with_capacity(stored.len());
+        for key in &stored {
+            if let Some(known) = current.iter().find(|k| k.kid == key.kid) {
+                keys.push(known.clone());
+            } else {
+                keys.push(Arc::new(load(key)?));
+                tracing::info!(kid = %key.kid, "loaded a new token signing key");
+            }
+        }
+        if !keys.iter().any(|k| k.kid == self.signing.kid) {
+            keys.push(self.signing.clone());
+        }
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        Ok(())
+    }
+
+    fn current_keys(&self) -> Vec<Arc<LoadedKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The public keys, newest first.
     pub fn jwks(&self) -> Vec<Jwk> {
-        self.keys.iter().map(|k| k.jwk.clone()).collect()
+        self.current_keys().iter().map(|k| k.jwk.clone()).collect()
     }
 
     /// Signs a session token for `session` of `user`, valid `lifetime_s`
@@ -388,7 +425,7 @@ impl TokenIssuer {
     }
 
     fn sign_claims(&self, claims: &impl Serialize) -> Result<String, &'static str> {
-        let key = &self.keys[self.signing];
+        let key = &self.signing;
         let header = serde_json::json!({"alg": key.algorithm.name(), "typ": "JWT", "kid": key.kid});
         let encode = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
         let claims = serde_json::to_value(claims).map_err(|_| "claims do not serialize")?;
@@ -421,8 +458,8 @@ impl TokenIssuer {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.ok_or(TokenError::Malformed)?;
         let key = self
-            .keys
-            .iter()
+            .current_keys()
+            .into_iter()
             .find(|k| k.kid == kid)
             .ok_or(TokenError::UnknownKey)?;
         let algorithm = match key.algorithm {

@@ -55,6 +55,11 @@ fn map_error(error: sqlx::Error) -> StorageError {
                 field: field.to_owned(),
             }
         }
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6): another writer held the
+        // database past the busy timeout; retrying may succeed.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
+            StorageError::Unavailable(Box::new(error))
+        }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             StorageError::Unavailable(Box::new(error))
         }

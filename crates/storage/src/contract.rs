@@ -1057,12 +1057,34 @@ pub async fn a_ban_revokes_sessions_and_a_sign_in_completes_once(store: Arc<dyn 
         Some(&with_code)
     );
     let session = session_for(&user, 2, 1_000);
-    assert!(store.complete_sign_in(&sign_in.id, &session).await.unwrap());
-    let again = session_for(&user, 3, 1_000);
-    assert!(!store.complete_sign_in(&sign_in.id, &again).await.unwrap());
     assert!(
-        store.get_session(&again.id).await.unwrap().is_none(),
-        "the second session was not written"
+        store
+            .complete_sign_in(&sign_in.id, &session.id)
+            .await
+            .unwrap()
+    );
+    let again = session_for(&user, 3, 1_000);
+    assert!(
+        !store
+            .complete_sign_in(&sign_in.id, &again.id)
+            .await
+            .unwrap()
+    );
+    // The session begins in the user's transaction.
+    let begun = session.clone();
+    store
+        .update_user(
+            &user.id,
+            Box::new(move |r| {
+                r.start_session = Some(begun);
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session(&session.id).await.unwrap().as_ref(),
+        Some(&session)
     );
     let done = store.get_sign_in(&sign_in.id).await.unwrap().unwrap();
     assert_eq!(

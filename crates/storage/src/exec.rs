@@ -276,7 +276,13 @@ async fn write_changes(
         crate::sessions::revoke_user_sessions(conn, &new.user.id, now, sign_out.except.as_ref())
             .await?;
     }
-    write_record(conn, old, new).await
+    write_record(conn, old, new).await?;
+    if let Some(session) = &new.start_session {
+        let dialect = conn.dialect();
+        conn.execute(crate::sessions::insert_session_statement(session, dialect))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Writes the difference between the stored user and `new`.

@@ -220,13 +220,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         id: &SignInId,
         mutation: SignInMutation<'_>,
     ) -> Result<SignIn, StorageError>;
-    /// Marks a sign-in complete with its session, in the session's
-    /// transaction: the sign-in completes once, or not at all. `false` if it
-    /// was complete already.
+    /// Marks a sign-in complete with the session it is about to begin; a
+    /// sign-in completes once. `false` if it was complete already.
     async fn complete_sign_in(
         &self,
         id: &SignInId,
-        session: &Session,
+        session_id: &SessionId,
     ) -> Result<bool, StorageError>;
 
     /// Every signing key, newest first.
@@ -624,29 +623,17 @@ impl<D: SqlDatabase> SessionStore for D {
     async fn complete_sign_in(
         &self,
         id: &SignInId,
-        session: &Session,
+        session_id: &SessionId,
     ) -> Result<bool, StorageError> {
-        let mut tx = self.begin_write().await?;
-        let dialect = tx.dialect();
+        let mut conn = self.connection().await?;
         let mut b = Builder::new(
-            dialect,
+            conn.dialect(),
             "UPDATE sign_ins SET status = 'complete', session_id = ",
         );
-        b.bind(Bind::Text(session.id.to_string()));
+        b.bind(Bind::Text(session_id.to_string()));
         b.push(" WHERE status <> 'complete' AND id = ");
         b.bind(Bind::Text(id.to_string()));
-        if tx.execute(b.finish()).await? == 0 {
-            return Ok(false);
-        }
-        tx.execute(sql::insert(
-            "sessions",
-            &SESSION_COLUMNS,
-            session_binds(session),
-            dialect,
-        ))
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(conn.execute(b.finish()).await? == 1)
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StorageError> {

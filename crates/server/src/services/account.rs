@@ -3,8 +3,8 @@
 //! user is the session's, never a field of the request.
 
 use roster_domain::{
-    Channel, DomainError, Email, IdentificationId, MetadataKind, Password, Phone, SessionStatus,
-    SignOut, User, UserId, reason,
+    Channel, DomainError, Email, IdentificationId, Lockout, MetadataKind, Password, Phone,
+    SessionStatus, SignOut, User, UserId, reason,
 };
 use roster_proto::convert;
 use roster_proto::v1::account_service_server::AccountService;
@@ -190,25 +190,23 @@ impl Accounts {
             .get_record(&session.user_id)
             .await?
             .ok_or_else(|| DomainError::not_found("user", session.user_id.as_str()))?;
-        record.ensure_not_locked_out(now)?;
         let current = record.password_hash().cloned();
         if let Some(hash) = current.clone() {
+            // Admitted and counted as failed before it is checked, as a
+            // sign-in attempt is: the lockout bounds guesses here too.
+            let policy = self.state.lockout;
+            self.state
+                .users
+                .update_user(
+                    &session.user_id,
+                    Box::new(move |r| r.admit_attempt(&policy, now)),
+                )
+                .await?;
             let candidate = req.current_password.clone();
             let right = !candidate.is_empty()
                 && candidate.len() <= MAX_CANDIDATE_BYTES
                 && self.state.hasher.verify(hash, candidate).await?;
             if !right {
-                let policy = self.state.lockout;
-                self.state
-                    .users
-                    .update_user(
-                        &session.user_id,
-                        Box::new(move |r| {
-                            r.record_failed_attempt(&policy, now);
-                            Ok(())
-                        }),
-                    )
-                    .await?;
                 return Err(DomainError::invalid(
                     "current_password",
                     reason::FORM_PASSWORD_INCORRECT,
@@ -225,7 +223,6 @@ impl Accounts {
             .update_user(
                 &session.user_id,
                 Box::new(move |r| {
-                    r.ensure_not_locked_out(now)?;
                     // The password checked must still be the one stored.
                     if r.password_hash() != current.as_ref() {
                         return Err(DomainError::precondition(
@@ -234,6 +231,7 @@ impl Accounts {
                         ));
                     }
                     r.set_password(Some(new_hash), now);
+                    r.lockout = Lockout::default();
                     if !keep {
                         r.sign_out = Some(SignOut {
                             except: Some(own_session),

@@ -14,9 +14,9 @@
 
 use roster_domain::query::{OrderBy, UserFilter};
 use roster_domain::{
-    AttemptOutcome, Channel, DomainError, Email, IdentificationId, Phone, Session, SignInId,
-    Timestamp, User, UserId, Username, Verification, VerificationCode, VerificationStrategy,
-    reason,
+    AttemptOutcome, Channel, DomainError, Email, IdentificationId, PasswordHash, Phone, Session,
+    SignInId, Timestamp, User, UserId, Username, Verification, VerificationCode,
+    VerificationStrategy, reason,
 };
 use roster_proto::convert;
 use roster_proto::v1::sign_in_service_server::SignInService;
@@ -150,14 +150,14 @@ fn code_strategy(strategy: SignInStrategy) -> VerificationStrategy {
 }
 
 /// Delivers a sign-in code, after counting it against the user's send
-/// limit; a code over the limit, or one that cannot be delivered, is
-/// withdrawn. Failures are only logged: the caller was answered already.
+/// limit. A code over the limit, or one that cannot be delivered, stays
+/// pending undelivered (nobody knows it): attempts then answer exactly as
+/// for an identifier that names no one. Failures are only logged: the
+/// caller was answered already.
 async fn send_sign_in_code(
     state: AppState,
     delivery: std::sync::Arc<dyn crate::delivery::Deliver>,
     message: CodeMessage,
-    sign_in_id: SignInId,
-    hash: roster_domain::CodeHash,
 ) {
     let Some(user_id) = message.user_id.clone() else {
         return;
@@ -177,29 +177,11 @@ async fn send_sign_in_code(
             }),
         )
         .await;
-    let sessions = state.sessions.clone();
-    let withdraw = async move {
-        sessions
-            .update_sign_in(
-                &sign_in_id,
-                Box::new(move |s| {
-                    if let Some(c) = s.code.as_mut() {
-                        c.verification.withdraw(&hash);
-                    }
-                    Ok(())
-                }),
-            )
-            .await
-            .map(|_| ())
-    };
     if let Err(e) = admitted {
         tracing::warn!(user_id = %user_id, error = %e, "sign-in code not sent");
-        if let Err(e) = withdraw.await {
-            tracing::error!(error = %e, "withdrawing an unsent sign-in code failed");
-        }
         return;
     }
-    match super::verification::deliver_or_withdraw(delivery, message, withdraw).await {
+    match delivery.deliver(&message).await {
         Ok(()) => tracing::info!(user_id = %user_id, "sign-in code delivered"),
         Err(e) => tracing::warn!(user_id = %user_id, error = %e, "sign-in code not delivered"),
     }
@@ -327,30 +309,26 @@ impl SignIns {
             })
     }
 
-    /// Counts a failed first factor towards the user's lockout, in the
-    /// user's transaction (so concurrent guesses are each counted).
-    async fn count_failure(&self, user_id: &UserId, now: Timestamp) -> Result<(), ApiError> {
+    /// Admits one attempt for the user: refused while locked out, and
+    /// counted as failed (until it succeeds) in the user's transaction, so
+    /// no burst of concurrent guesses gets more evaluated than the lockout
+    /// allows.
+    async fn admit(&self, user_id: &UserId, now: Timestamp) -> Result<(), ApiError> {
         let policy = self.state.lockout;
         self.state
             .users
-            .update_user(
-                user_id,
-                Box::new(move |r| {
-                    r.record_failed_attempt(&policy, now);
-                    Ok(())
-                }),
-            )
+            .update_user(user_id, Box::new(move |r| r.admit_attempt(&policy, now)))
             .await?;
         Ok(())
     }
 
-    /// Checks a password; the user it proves.
+    /// Checks a password; the user it proves and the hash it matched.
     async fn check_password(
         &self,
         sign_in: &SignIn,
         password: &str,
         now: Timestamp,
-    ) -> Result<UserId, ApiError> {
+    ) -> Result<(UserId, Option<PasswordHash>), ApiError> {
         if password.is_empty() || password.len() > MAX_CANDIDATE_BYTES {
             return Err(password_incorrect());
         }
@@ -361,24 +339,21 @@ impl SignIns {
         // While locked out, the password is not even checked: no guess
         // teaches anything.
         if let Some(record) = &record {
-            record.ensure_not_locked_out(now)?;
+            self.admit(&record.user.id, now).await?;
         }
         let hash = record.as_ref().and_then(|r| r.password_hash().cloned());
         let correct = self
             .state
             .hasher
-            .verify_maybe(hash, password.to_owned())
+            .verify_maybe(hash.clone(), password.to_owned())
             .await?;
-        let Some(record) = record else {
-            tracing::info!(sign_in_id = %sign_in.id, "sign-in refused: password incorrect");
-            return Err(password_incorrect());
-        };
-        if !correct {
-            self.count_failure(&record.user.id, now).await?;
-            tracing::info!(sign_in_id = %sign_in.id, user_id = %record.user.id, "sign-in refused: password incorrect");
-            return Err(password_incorrect());
+        match record {
+            Some(record) if correct => Ok((record.user.id, hash)),
+            _ => {
+                tracing::info!(sign_in_id = %sign_in.id, "sign-in refused: password incorrect");
+                Err(password_incorrect())
+            }
         }
-        Ok(record.user.id)
     }
 
     /// Checks a code sent for the sign-in; the user it proves.
@@ -391,10 +366,8 @@ impl SignIns {
     ) -> Result<UserId, ApiError> {
         let code =
             VerificationCode::parse(code).map_err(|v| DomainError::from(v.nested("code")))?;
-        if let Some(id) = &sign_in.user_id
-            && let Some(record) = self.state.users.get_record(id).await?
-        {
-            record.ensure_not_locked_out(now)?;
+        if let Some(id) = &sign_in.user_id {
+            self.admit(id, now).await?;
         }
         let expected = code_strategy(strategy);
         let (key, policy) = (self.state.codes.key.clone(), self.state.codes.policy);
@@ -419,11 +392,6 @@ impl SignIns {
             // guess proves nothing.
             (AttemptOutcome::Verified, None) => {
                 Err(DomainError::CodeIncorrect { attempts_left: 0 }.into())
-            }
-            (AttemptOutcome::Incorrect { .. }, Some(user_id)) => {
-                self.count_failure(user_id, now).await?;
-                outcome.into_result()?;
-                Err(ApiError::Internal("an incorrect code was accepted"))
             }
             _ => {
                 outcome.into_result()?;
@@ -520,10 +488,7 @@ impl SignIns {
             // Sent in the background, so the answer takes the same time
             // whether or not anyone receives a code.
             let state = self.state.clone();
-            let sign_in_id = sign_in.id.clone();
-            tokio::spawn(async move {
-                send_sign_in_code(state, delivery, message, sign_in_id, hash).await;
-            });
+            tokio::spawn(send_sign_in_code(state, delivery, message));
         }
         Ok(PrepareFirstFactorResponse {
             sign_in: Some(shown(&updated, now)),
@@ -538,27 +503,15 @@ impl SignIns {
         let sign_in = self.load("sign_in_id", &req.sign_in_id).await?;
         let now = self.state.clock.now();
         let strategy = Self::ensure_open(&sign_in, req.strategy, now)?;
-        let user_id = match strategy {
+        let (user_id, checked_hash) = match strategy {
             SignInStrategy::Password => self.check_password(&sign_in, &req.password, now).await?,
-            _ => self.check_code(&sign_in, strategy, &req.code, now).await?,
+            _ => (
+                self.check_code(&sign_in, strategy, &req.code, now).await?,
+                None,
+            ),
         };
-        // The user is read again under its lock: a ban or lockout that
-        // lands while the password was checked still stops the sign-in.
-        let user = self
-            .state
-            .users
-            .update_user(
-                &user_id,
-                Box::new(move |r| {
-                    r.ensure_not_locked_out(now)?;
-                    r.user.ensure_can_sign_in()?;
-                    r.record_successful_sign_in(now);
-                    Ok(())
-                }),
-            )
-            .await?;
         let (session, secret) = Session::start(
-            user.id.clone(),
+            user_id.clone(),
             activity,
             self.state.session_lifetime_ms,
             now,
@@ -566,7 +519,7 @@ impl SignIns {
         if !self
             .state
             .sessions
-            .complete_sign_in(&sign_in.id, &session)
+            .complete_sign_in(&sign_in.id, &session.id)
             .await?
         {
             return Err(DomainError::precondition(
@@ -575,6 +528,30 @@ impl SignIns {
             )
             .into());
         }
+        // The session begins in the user's transaction, with the user read
+        // again under its lock: a ban, or a password change, that landed
+        // while the factor was checked still stops the sign-in.
+        let begun = session.clone();
+        let user = self
+            .state
+            .users
+            .update_user(
+                &user_id,
+                Box::new(move |r| {
+                    r.user.ensure_can_sign_in()?;
+                    if checked_hash.is_some() && r.password_hash() != checked_hash.as_ref() {
+                        return Err(DomainError::invalid(
+                            "password",
+                            reason::FORM_PASSWORD_INCORRECT,
+                            "the password is incorrect, or no account has this identifier",
+                        ));
+                    }
+                    r.record_successful_sign_in(now);
+                    r.start_session = Some(begun);
+                    Ok(())
+                }),
+            )
+            .await?;
         let token = self
             .state
             .tokens

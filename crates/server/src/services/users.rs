@@ -282,6 +282,8 @@ impl UserService for Users {
         let user = self
             .set_flag(&request.into_inner().user_id, |r, now| {
                 r.user.set_locked(true, now);
+                // A locked user is signed out everywhere, like a banned one.
+                r.sign_out = Some(roster_domain::SignOut::default());
             })
             .await;
         respond(user.map(|u| LockUserResponse { user: Some(u) }))
