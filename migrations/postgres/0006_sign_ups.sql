@@ -4,3 +4,11 @@ CREATE TABLE sign_ups (
     expire_at BIGINT NOT NULL,
     data      TEXT   NOT NULL
 );
+
+-- Codes sent to an identifier (normalized) outside any user, in a fixed
+-- window: bounds what sign-ups can send to one address or number.
+CREATE TABLE code_send_windows (
+    target       TEXT   NOT NULL PRIMARY KEY,
+    window_start BIGINT NOT NULL,
+    sends        BIGINT NOT NULL
+);

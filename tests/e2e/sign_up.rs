@@ -251,7 +251,49 @@ async fn sign_ups_gather_requirements_and_expire(backend: Backend) {
     server.stop().await;
 }
 
+async fn sign_ups_cannot_flood_one_address(backend: Backend) {
+    let (received, delivery) = webhook_receiver().await;
+    let server = TestServer::start_with_delivery(backend, delivery).await;
+    let mut up = SignUpServiceClient::connect(server.endpoint())
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        // A fresh sign-up each time: its own limits start empty.
+        let sign_up = up
+            .create_sign_up(v1::CreateSignUpRequest {
+                email_address: "victim@example.com".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sign_up
+            .unwrap();
+        outcomes.push(
+            up.prepare_sign_up_verification(v1::PrepareSignUpVerificationRequest {
+                id: sign_up.id,
+                strategy: v1::VerificationStrategy::EmailCode.into(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.code(), reason(&e))),
+        );
+    }
+    assert!(outcomes[..5].iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(
+        outcomes[5],
+        Err((
+            Code::ResourceExhausted,
+            "VERIFICATION_SEND_LIMIT".to_owned()
+        ))
+    );
+    assert_eq!(received.lock().unwrap().len(), 5);
+    server.stop().await;
+}
+
 on_both_backends!(
+    sign_ups_cannot_flood_one_address,
     sign_up_with_an_email_code_and_a_password,
     sign_ups_gather_requirements_and_expire,
 );

@@ -261,6 +261,15 @@ impl SignUp {
         }
     }
 
+    /// The normalized email address or phone number codes for `channel`
+    /// go to, for limits that span sign-ups.
+    pub fn normalized_target(&self, channel: Channel) -> Option<String> {
+        match channel {
+            Channel::Email => self.email.as_ref().map(|e| e.value.normalized()),
+            Channel::Phone => self.phone.as_ref().map(|p| p.value.to_string()),
+        }
+    }
+
     /// The id codes for `channel` are bound to, and where they go.
     pub fn code_target(&self, channel: Channel) -> Option<(IdentificationId, String)> {
         match channel {

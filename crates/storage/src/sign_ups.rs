@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use roster_domain::sign_up::PendingIdentifier;
 use roster_domain::{
-    DomainError, Email, IdentificationId, Metadata, Name, PasswordHash, Phone, Session, SessionId,
-    SignUp, SignUpId, Timestamp, UserId, UserRecord, Username,
+    DomainError, Email, IdentificationId, Metadata, Name, PasswordHash, Phone, SendWindow, Session,
+    SessionId, SignUp, SignUpId, Timestamp, UserId, UserRecord, Username,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,17 @@ pub trait SignUpStore: Send + Sync + std::fmt::Debug {
         id: &SignUpId,
         mutation: SignUpMutation<'_>,
     ) -> Result<SignUp, StorageError>;
+    /// Counts one code sent to `target` (a normalized email address or
+    /// phone number) against `limit` per `window_ms`, or refuses with the
+    /// wait. Bounds the codes sign-ups can send to one identifier, however
+    /// many sign-ups name it.
+    async fn admit_code_send(
+        &self,
+        target: &str,
+        limit: u32,
+        window_ms: i64,
+        now: Timestamp,
+    ) -> Result<(), StorageError>;
     /// In one transaction: checks the sign-up is still open, creates its
     /// user (uniqueness as for any new user) and session, and marks it
     /// complete. Returns the completed sign-up.
@@ -234,6 +245,51 @@ impl<D: SqlDatabase> SignUpStore for D {
         write(tx.as_mut(), &sign_up).await?;
         tx.commit().await?;
         Ok(sign_up)
+    }
+
+    async fn admit_code_send(
+        &self,
+        target: &str,
+        limit: u32,
+        window_ms: i64,
+        now: Timestamp,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        let dialect = tx.dialect();
+        let mut b = Builder::new(
+            dialect,
+            "SELECT window_start, sends FROM code_send_windows WHERE target = ",
+        );
+        b.bind(Bind::Text(target.to_owned()));
+        if dialect == Dialect::Postgres {
+            b.push(" FOR UPDATE");
+        }
+        let rows = tx
+            .fetch_values(b.finish(), &[ColumnType::Int, ColumnType::Int])
+            .await?;
+        let mut window = match rows.first().map(Vec::as_slice) {
+            Some([Value::Int(Some(start)), Value::Int(Some(sends))]) => SendWindow {
+                started_at: Timestamp::from_millis(*start),
+                count: u32::try_from(*sends).unwrap_or(u32::MAX),
+            },
+            _ => SendWindow::default(),
+        };
+        window.admit(limit, window_ms, now, "this identifier")?;
+        let mut b = Builder::new(
+            dialect,
+            "INSERT INTO code_send_windows (target, window_start, sends) VALUES (",
+        );
+        b.bind(Bind::Text(target.to_owned()));
+        b.push(", ");
+        b.bind(Bind::Int(window.started_at.as_millis()));
+        b.push(", ");
+        b.bind(Bind::Int(i64::from(window.count)));
+        b.push(
+            ") ON CONFLICT (target) DO UPDATE SET window_start = excluded.window_start, \
+             sends = excluded.sends",
+        );
+        tx.execute(b.finish()).await?;
+        tx.commit().await
     }
 
     async fn complete_sign_up(

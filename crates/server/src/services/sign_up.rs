@@ -227,6 +227,26 @@ impl SignUps {
             self.state.codes.policy,
             self.state.clock.now(),
         );
+        // However many sign-ups name an address or number, it gets no more
+        // codes than the per-identifier limit.
+        let current = self
+            .state
+            .sign_ups
+            .get_sign_up(&id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("sign-up", id.as_str()))?;
+        current.ensure_open(now)?;
+        if let Some(target) = current.normalized_target(channel) {
+            self.state
+                .sign_ups
+                .admit_code_send(
+                    &target,
+                    policy.identifier_send_limit,
+                    policy.send_window_ms,
+                    now,
+                )
+                .await?;
+        }
         let sent_code = code.clone();
         let mut hashed = None;
         let sign_up = self
