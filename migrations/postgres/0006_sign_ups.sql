@@ -12,3 +12,11 @@ CREATE TABLE code_send_windows (
     window_start BIGINT NOT NULL,
     sends        BIGINT NOT NULL
 );
+
+-- Failed sign-in attempts on identifiers that name no user, counted like
+-- a user's so that a lockout does not tell which identifiers exist.
+CREATE TABLE shadow_lockouts (
+    target          TEXT   NOT NULL PRIMARY KEY,
+    failed_attempts BIGINT NOT NULL,
+    locked_until    BIGINT
+);

@@ -700,7 +700,42 @@ async fn sign_in_with_an_email_code(backend: Backend) {
     server.stop().await;
 }
 
+async fn lockouts_do_not_reveal_accounts(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = server.client().await;
+    user_with_password(&mut c, "real@example.com").await;
+    let mut front = frontend(&server).await;
+    let mut answers = Vec::new();
+    for identifier in ["real@example.com", "ghost@example.com"] {
+        for _ in 0..10 {
+            let wrong = sign_in(&mut front, identifier, "wrong password")
+                .await
+                .unwrap_err();
+            assert_eq!(reason(&wrong), "FORM_PASSWORD_INCORRECT", "{identifier}");
+        }
+        let locked = sign_in(&mut front, identifier, "wrong password")
+            .await
+            .unwrap_err();
+        answers.push((
+            locked.code(),
+            locked.message().to_owned(),
+            reason(&locked),
+            tonic_types::StatusExt::get_details_error_info(&locked)
+                .unwrap()
+                .metadata["lockout_expires_in_seconds"]
+                .clone(),
+        ));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "a lockout looks the same with or without an account"
+    );
+    assert_eq!(answers[0].2, "USER_LOCKED");
+    server.stop().await;
+}
+
 on_both_backends!(
+    lockouts_do_not_reveal_accounts,
     sign_in_with_an_email_code,
     password_sign_in_starts_a_session,
     backend_lists_revokes_and_mints,

@@ -1271,6 +1271,43 @@ pub struct Lockout {
     pub locked_until: Option<Timestamp>,
 }
 
+impl Lockout {
+    /// Refuses while locked out, saying how long remains.
+    pub fn ensure_open(&self, now: Timestamp) -> Result<(), DomainError> {
+        match self.locked_until {
+            Some(until) if now < until => Err(DomainError::LockedOut {
+                retry_after_ms: until.as_millis() - now.as_millis(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt; the one that reaches the policy's limit
+    /// locks out and starts the count afresh.
+    pub fn record_failure(&mut self, policy: &LockoutPolicy, now: Timestamp) {
+        if self.locked_until.is_some_and(|until| now >= until) {
+            *self = Self::default();
+        }
+        self.failed_attempts += 1;
+        if self.failed_attempts >= policy.max_attempts {
+            *self = Self {
+                failed_attempts: 0,
+                locked_until: Some(now.plus_millis(policy.duration_ms)),
+            };
+        }
+    }
+
+    /// Admits one attempt about to be checked: refused while locked out,
+    /// otherwise counted as failed until it succeeds. Counting before
+    /// checking bounds the guesses any burst of concurrent attempts can
+    /// have evaluated to the policy's limit.
+    pub fn admit(&mut self, policy: &LockoutPolicy, now: Timestamp) -> Result<(), DomainError> {
+        self.ensure_open(now)?;
+        self.record_failure(policy, now);
+        Ok(())
+    }
+}
+
 impl UserRecord {
     /// Joins a user with its password hash, keeping `password_enabled`
     /// true to the hash.
@@ -1299,42 +1336,21 @@ impl UserRecord {
 
     /// Refuses while the user is locked out, saying how long remains.
     pub fn ensure_not_locked_out(&self, now: Timestamp) -> Result<(), DomainError> {
-        match self.lockout.locked_until {
-            Some(until) if now < until => Err(DomainError::LockedOut {
-                retry_after_ms: until.as_millis() - now.as_millis(),
-            }),
-            _ => Ok(()),
-        }
+        self.lockout.ensure_open(now)
     }
 
-    /// Counts a failed sign-in attempt; the one that reaches the policy's
-    /// limit locks the user out and starts the count afresh.
+    /// Counts a failed sign-in attempt (see [`Lockout::record_failure`]).
     pub fn record_failed_attempt(&mut self, policy: &LockoutPolicy, now: Timestamp) {
-        if self.lockout.locked_until.is_some_and(|until| now >= until) {
-            self.lockout = Lockout::default();
-        }
-        self.lockout.failed_attempts += 1;
-        if self.lockout.failed_attempts >= policy.max_attempts {
-            self.lockout = Lockout {
-                failed_attempts: 0,
-                locked_until: Some(now.plus_millis(policy.duration_ms)),
-            };
-        }
+        self.lockout.record_failure(policy, now);
     }
 
-    /// Admits one sign-in attempt (a password or code about to be
-    /// checked): refused while locked out, otherwise counted as failed
-    /// until it succeeds. Counting before checking bounds the guesses any
-    /// burst of concurrent attempts can have evaluated to the policy's
-    /// limit.
+    /// Admits one sign-in attempt (see [`Lockout::admit`]).
     pub fn admit_attempt(
         &mut self,
         policy: &LockoutPolicy,
         now: Timestamp,
     ) -> Result<(), DomainError> {
-        self.ensure_not_locked_out(now)?;
-        self.record_failed_attempt(policy, now);
-        Ok(())
+        self.lockout.admit(policy, now)
     }
 
     /// A successful sign-in: the count of failures starts afresh.

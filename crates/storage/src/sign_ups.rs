@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use roster_domain::sign_up::PendingIdentifier;
 use roster_domain::{
-    DomainError, Email, IdentificationId, Metadata, Name, PasswordHash, Phone, SendWindow, Session,
-    SessionId, SignUp, SignUpId, Timestamp, UserId, UserRecord, Username,
+    DomainError, Email, IdentificationId, Lockout, LockoutPolicy, Metadata, Name, PasswordHash,
+    Phone, SendWindow, Session, SessionId, SignUp, SignUpId, Timestamp, UserId, UserRecord,
+    Username,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,15 @@ pub trait SignUpStore: Send + Sync + std::fmt::Debug {
         target: &str,
         limit: u32,
         window_ms: i64,
+        now: Timestamp,
+    ) -> Result<(), StorageError>;
+    /// Admits a sign-in attempt on an identifier that names no user, with
+    /// the lockout a user would have (see `UserRecord::admit_attempt`), so
+    /// answers do not tell unknown identifiers from known ones.
+    async fn admit_unknown_attempt(
+        &self,
+        target: &str,
+        policy: &LockoutPolicy,
         now: Timestamp,
     ) -> Result<(), StorageError>;
     /// In one transaction: checks the sign-up is still open, creates its
@@ -287,6 +297,55 @@ impl<D: SqlDatabase> SignUpStore for D {
         b.push(
             ") ON CONFLICT (target) DO UPDATE SET window_start = excluded.window_start, \
              sends = excluded.sends",
+        );
+        tx.execute(b.finish()).await?;
+        tx.commit().await
+    }
+
+    async fn admit_unknown_attempt(
+        &self,
+        target: &str,
+        policy: &LockoutPolicy,
+        now: Timestamp,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        let dialect = tx.dialect();
+        let mut b = Builder::new(
+            dialect,
+            "SELECT failed_attempts, locked_until FROM shadow_lockouts WHERE target = ",
+        );
+        b.bind(Bind::Text(target.to_owned()));
+        if dialect == Dialect::Postgres {
+            b.push(" FOR UPDATE");
+        }
+        let rows = tx
+            .fetch_values(b.finish(), &[ColumnType::Int, ColumnType::Int])
+            .await?;
+        let mut lockout = match rows.first().map(Vec::as_slice) {
+            Some([Value::Int(Some(failed)), Value::Int(until)]) => Lockout {
+                failed_attempts: u32::try_from(*failed).unwrap_or(u32::MAX),
+                locked_until: until.map(Timestamp::from_millis),
+            },
+            _ => Lockout::default(),
+        };
+        // The same rules as a user's.
+        lockout.admit(policy, now)?;
+        let mut b = Builder::new(
+            dialect,
+            "INSERT INTO shadow_lockouts (target, failed_attempts, locked_until) VALUES (",
+        );
+        b.bind(Bind::Text(target.to_owned()));
+        b.push(", ");
+        b.bind(Bind::Int(i64::from(lockout.failed_attempts)));
+        b.push(", ");
+        b.bind(
+            lockout
+                .locked_until
+                .map_or(Bind::NullInt, |t| Bind::Int(t.as_millis())),
+        );
+        b.push(
+            ") ON CONFLICT (target) DO UPDATE SET failed_attempts = excluded.failed_attempts, \
+             locked_until = excluded.locked_until",
         );
         tx.execute(b.finish()).await?;
         tx.commit().await

@@ -122,6 +122,16 @@ impl Identifier {
         }
     }
 
+    /// The normalized form, for counting attempts on identifiers that name
+    /// no user.
+    fn key(&self) -> String {
+        match self {
+            Self::Email(e) => format!("email:{}", e.normalized()),
+            Self::Phone(p) => format!("phone:{p}"),
+            Self::Username(u) => format!("username:{}", u.normalized()),
+        }
+    }
+
     /// The user's verified identifier this names: its id, and where a code
     /// for it goes.
     fn of_user(&self, user: &User) -> Option<(IdentificationId, String)> {
@@ -322,6 +332,17 @@ impl SignIns {
         Ok(())
     }
 
+    /// Admits an attempt on a sign-in that names no user, under the same
+    /// lockout rules (kept per identifier), so a lockout tells nothing.
+    async fn admit_unknown(&self, sign_in: &SignIn, now: Timestamp) -> Result<(), ApiError> {
+        let key = Identifier::parse(&sign_in.identifier)?.key();
+        self.state
+            .sign_ups
+            .admit_unknown_attempt(&key, &self.state.lockout, now)
+            .await?;
+        Ok(())
+    }
+
     /// Checks a password; the user it proves and the hash it matched.
     async fn check_password(
         &self,
@@ -338,8 +359,9 @@ impl SignIns {
         };
         // While locked out, the password is not even checked: no guess
         // teaches anything.
-        if let Some(record) = &record {
-            self.admit(&record.user.id, now).await?;
+        match &record {
+            Some(record) => self.admit(&record.user.id, now).await?,
+            None => self.admit_unknown(sign_in, now).await?,
         }
         let hash = record.as_ref().and_then(|r| r.password_hash().cloned());
         let correct = self
@@ -366,8 +388,9 @@ impl SignIns {
     ) -> Result<UserId, ApiError> {
         let code =
             VerificationCode::parse(code).map_err(|v| DomainError::from(v.nested("code")))?;
-        if let Some(id) = &sign_in.user_id {
-            self.admit(id, now).await?;
+        match &sign_in.user_id {
+            Some(id) => self.admit(id, now).await?,
+            None => self.admit_unknown(sign_in, now).await?,
         }
         let expected = code_strategy(strategy);
         let (key, policy) = (self.state.codes.key.clone(), self.state.codes.policy);
