@@ -49,6 +49,11 @@ pub fn origin(metadata: &MetadataMap) -> Option<String> {
     valid.then(|| origin.to_owned())
 }
 
+/// The activity of a gRPC request (see [`of_request`]).
+pub fn of<T>(client_ip: &ClientIp, request: &tonic::Request<T>) -> SessionActivity {
+    of_request(client_ip, request.metadata(), request.remote_addr())
+}
+
 /// The activity of a request: its client address and user agent.
 pub fn of_request(
     client_ip: &ClientIp,

@@ -189,7 +189,7 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn<C> {
     async fn fetch<T>(
         &mut self,
         statement: Statement,
-        decode: fn(&PgRow) -> Result<T, sqlx::Error>,
+        decode: impl Fn(&PgRow) -> Result<T, sqlx::Error> + Send,
     ) -> Result<Vec<T>, StorageError> {
         let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .fetch_all(&mut *self.0)
@@ -237,14 +237,7 @@ impl<C: DerefMut<Target = PgConnection> + Send> SqlConn for Conn<C> {
         statement: Statement,
         types: &[ColumnType],
     ) -> Result<Vec<Vec<Value>>, StorageError> {
-        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_all(&mut *self.0)
-            .await
-            .map_err(map_error)?;
-        rows.iter()
-            .map(|row| values(row, types))
-            .collect::<Result<_, _>>()
-            .map_err(StorageError::internal)
+        self.fetch(statement, |row| values(row, types)).await
     }
 
     async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {

@@ -168,7 +168,7 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn<C> {
     async fn fetch<T>(
         &mut self,
         statement: Statement,
-        decode: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+        decode: impl Fn(&SqliteRow) -> Result<T, sqlx::Error> + Send,
     ) -> Result<Vec<T>, StorageError> {
         let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .fetch_all(&mut *self.0)
@@ -216,14 +216,7 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> SqlConn for Conn<C> {
         statement: Statement,
         types: &[ColumnType],
     ) -> Result<Vec<Vec<Value>>, StorageError> {
-        let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
-            .fetch_all(&mut *self.0)
-            .await
-            .map_err(map_error)?;
-        rows.iter()
-            .map(|row| values(row, types))
-            .collect::<Result<_, _>>()
-            .map_err(StorageError::internal)
+        self.fetch(statement, |row| values(row, types)).await
     }
 
     async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {

@@ -631,11 +631,7 @@ impl SignInService for SignIns {
         &self,
         request: Request<AttemptFirstFactorRequest>,
     ) -> Result<Response<AttemptFirstFactorResponse>, Status> {
-        let activity = activity::of_request(
-            &self.state.client_ip,
-            request.metadata(),
-            request.remote_addr(),
-        );
+        let activity = activity::of(&self.state.client_ip, &request);
         respond(self.attempt(request.into_inner(), activity).await)
     }
 }

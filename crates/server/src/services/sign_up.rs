@@ -346,11 +346,7 @@ impl SignUpService for SignUps {
         &self,
         request: Request<CreateSignUpRequest>,
     ) -> Result<Response<CreateSignUpResponse>, Status> {
-        let activity = activity::of_request(
-            &self.state.client_ip,
-            request.metadata(),
-            request.remote_addr(),
-        );
+        let activity = activity::of(&self.state.client_ip, &request);
         respond(self.create(request.into_inner(), activity).await)
     }
 
@@ -380,11 +376,7 @@ impl SignUpService for SignUps {
         &self,
         request: Request<UpdateSignUpRequest>,
     ) -> Result<Response<UpdateSignUpResponse>, Status> {
-        let activity = activity::of_request(
-            &self.state.client_ip,
-            request.metadata(),
-            request.remote_addr(),
-        );
+        let activity = activity::of(&self.state.client_ip, &request);
         respond(self.update(request.into_inner(), activity).await)
     }
 
@@ -399,11 +391,7 @@ impl SignUpService for SignUps {
         &self,
         request: Request<AttemptSignUpVerificationRequest>,
     ) -> Result<Response<AttemptSignUpVerificationResponse>, Status> {
-        let activity = activity::of_request(
-            &self.state.client_ip,
-            request.metadata(),
-            request.remote_addr(),
-        );
+        let activity = activity::of(&self.state.client_ip, &request);
         respond(self.attempt(request.into_inner(), activity).await)
     }
 }
