@@ -29,7 +29,7 @@ fn json_of(m: &roster_domain::Metadata) -> serde_json::Value {
     serde_json::Value::Object(m.as_map().clone())
 }
 
-async fn user(c: &mut Client, email: &str) -> User {
+pub(crate) async fn user(c: &mut Client, email: &str) -> User {
     user_with_phones(c, email, &[]).await
 }
 
@@ -47,7 +47,7 @@ async fn user_with_phones(c: &mut Client, email: &str, phones: &[&str]) -> User 
 }
 
 /// Signs in; the response (session, secret, token).
-async fn signed_in(server: &TestServer, email: &str) -> v1::AttemptFirstFactorResponse {
+pub(crate) async fn signed_in(server: &TestServer, email: &str) -> v1::AttemptFirstFactorResponse {
     let mut front = SignInServiceClient::connect(server.endpoint())
         .await
         .unwrap();
@@ -72,7 +72,7 @@ async fn signed_in(server: &TestServer, email: &str) -> v1::AttemptFirstFactorRe
         .into_inner()
 }
 
-fn with_auth<T>(message: T, auth: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn with_auth<T>(message: T, auth: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(auth) = auth {
         request
@@ -275,6 +275,24 @@ async fn every_rpc(
                         id: phone,
                         code: "123456".into(),
                     },
+                    auth,
+                ))
+                .await),
+        ),
+        (
+            "SetProfileImage",
+            ok(account
+                .set_profile_image(with_auth(
+                    tokio_stream::iter(crate::images::account_upload(&crate::images::png(12, 12))),
+                    auth,
+                ))
+                .await),
+        ),
+        (
+            "DeleteProfileImage",
+            ok(account
+                .delete_profile_image(with_auth(
+                    v1::AccountServiceDeleteProfileImageRequest {},
                     auth,
                 ))
                 .await),

@@ -80,6 +80,7 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
+    _images: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -134,7 +135,18 @@ impl TestServer {
         )
         .await
         .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http_listener.local_addr().unwrap();
+        let images_dir = tempfile::tempdir().unwrap();
+        let images = roster_server::images::Images::open(
+            &images_dir.path().display().to_string(),
+            &format!("http://{http_addr}"),
+        )
+        .unwrap();
         let state = AppState {
+            images,
             users: db.users(),
             sessions: db.sessions(),
             tokens: Arc::new(tokens),
@@ -153,10 +165,6 @@ impl TestServer {
             },
             delivery,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http_listener.local_addr().unwrap();
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         tokio::spawn(roster_server::http::serve(
             http_listener,
@@ -186,6 +194,7 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
+            _images: images_dir,
         }
     }
 

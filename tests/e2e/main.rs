@@ -15,6 +15,7 @@ mod auth;
 mod binary;
 mod harness;
 mod identifiers;
+mod images;
 mod sessions;
 mod sign_up;
 mod users;

@@ -6,9 +6,11 @@ import json
 import os
 import pathlib
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -87,6 +89,7 @@ class Server:
             "PATH": os.environ.get("PATH", ""),
             "ROSTER_LOG_FORMAT": "json",
             "ROSTER_DATABASE_URL": _database_url(backend, self.dir.name),
+            "ROSTER_DATA_DIR": self.dir.name,
             **(env or {}),
         }
         self.process = subprocess.Popen(
@@ -121,6 +124,48 @@ class Server:
         assert self.process.returncode == 0
         self.logs = "".join(self._seen) + rest
         self.dir.cleanup()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """An S3-compatible server (moto) on loopback, with a bucket; yields
+    (endpoint, bucket)."""
+    import boto3
+
+    port = free_port()
+    moto = subprocess.Popen(
+        [str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if moto.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.1)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket="roster-images")
+    yield s3, endpoint, "roster-images"
+    moto.terminate()
+    moto.wait(timeout=30)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -56,3 +56,34 @@ def test_grpcurl_lists_describes_creates_and_gets(server):
     assert refused.returncode != 0
     assert "AlreadyExists" in refused.stdout + refused.stderr
     assert "IDENTIFIER_EXISTS" in refused.stdout + refused.stderr
+
+
+def test_grpcurl_streams_a_profile_image_upload(server, tmp_path):
+    """The README's upload: JSON messages on stdin, the file in base64."""
+    import base64
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    created = grpcurl(server, "roster.v1.UserService/CreateUser", data={"username": "curl_upload"})
+    assert created.returncode == 0, created.stderr
+    user_id = json.loads(created.stdout)["user"]["id"]
+    png = io.BytesIO()
+    Image.new("RGB", (20, 10), (200, 30, 60)).save(png, "PNG")
+    messages = json.dumps({"upload": {"user_id": user_id}}) + "\n" + json.dumps(
+        {"chunk": base64.b64encode(png.getvalue()).decode()}
+    )
+    result = subprocess.run(
+        [shutil.which("grpcurl"), "-plaintext", "-d", "@", server.address, "roster.v1.UserService/SetProfileImage"],
+        input=messages,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    user = json.loads(result.stdout)["user"]
+    assert user["hasImage"] is True
+    with urllib.request.urlopen(user["imageUrl"]) as response:
+        served = Image.open(io.BytesIO(response.read()))
+        assert served.size == (20, 10) and served.getpixel((3, 3)) == (200, 30, 60)

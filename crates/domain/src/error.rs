@@ -67,6 +67,13 @@ pub mod reason {
     pub const VERIFICATION_SEND_LIMIT: &str = "VERIFICATION_SEND_LIMIT";
     /// A wrong password (or no such account: the two are not told apart).
     pub const FORM_PASSWORD_INCORRECT: &str = "FORM_PASSWORD_INCORRECT";
+    /// A profile image is larger than the upload limit (10 MB).
+    pub const AVATAR_FILE_SIZE_EXCEEDED: &str = "AVATAR_FILE_SIZE_EXCEEDED";
+    /// A profile image's bytes are not a JPEG, PNG, GIF or WebP image, or
+    /// one too large or damaged to decode.
+    pub const AVATAR_FILE_TYPE_INVALID: &str = "AVATAR_FILE_TYPE_INVALID";
+    /// The server is receiving as many uploads as it buffers at once.
+    pub const UPLOADS_BUSY: &str = "UPLOADS_BUSY";
     /// The user is banned and cannot sign in.
     pub const USER_BANNED: &str = "USER_BANNED";
     /// The user is locked and cannot sign in.

@@ -118,6 +118,11 @@ prefixed_id!(
     /// Id of a sign-up attempt.
     SignUpId, "sua_", "sign-up"
 );
+prefixed_id!(
+    /// Id of a stored profile image. A new upload gets a new id, so an
+    /// image's URL names its content for good.
+    ImageId, "img_", "image"
+);
 
 #[cfg(test)]
 mod tests {

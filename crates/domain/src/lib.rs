@@ -12,6 +12,7 @@
 //! - [`password`]: argon2id hashing and verification (synchronous; callers
 //!   run it off their async threads).
 //! - [`user`]: the aggregate and its rules.
+//! - [`image`]: profile images: id and format.
 //! - [`session`]: sessions of signed-in users and their secrets.
 //! - [`error`]: [`DomainError`], field violations and the reasons clients
 //!   branch on.
@@ -21,6 +22,7 @@
 pub mod code;
 pub mod error;
 pub mod id;
+pub mod image;
 pub mod metadata;
 pub mod password;
 pub mod query;
@@ -34,7 +36,8 @@ pub use code::{
     AttemptOutcome, CodeHash, CodeKey, CodePolicy, PendingCode, SendWindow, VerificationCode,
 };
 pub use error::{DomainError, FieldViolation, Violations, reason};
-pub use id::{IdentificationId, SessionId, SignInId, SignUpId, UserId};
+pub use id::{IdentificationId, ImageId, SessionId, SignInId, SignUpId, UserId};
+pub use image::{ImageFormat, ProfileImage};
 pub use metadata::Metadata;
 pub use password::{Password, PasswordHash};
 pub use session::{Session, SessionActivity, SessionSecret, SessionStatus};

@@ -19,6 +19,7 @@ use crate::code::{
 };
 use crate::error::{DomainError, FieldViolation, Violations, reason};
 use crate::id::{IdentificationId, UserId};
+use crate::image::ProfileImage;
 use crate::metadata::{self, Metadata};
 use crate::password::PasswordHash;
 use crate::time::Timestamp;
@@ -309,7 +310,8 @@ pub struct User {
     pub unsafe_metadata: Metadata,
     pub banned: bool,
     pub locked: bool,
-    pub has_image: bool,
+    /// The profile image the user uploaded, if any.
+    pub image: Option<ProfileImage>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub last_sign_in_at: Option<Timestamp>,
@@ -483,7 +485,7 @@ impl User {
             unsafe_metadata: new.unsafe_metadata,
             banned: false,
             locked: false,
-            has_image: false,
+            image: None,
             created_at: now,
             updated_at: now,
             last_sign_in_at: None,
@@ -1173,6 +1175,56 @@ impl User {
     pub fn set_locked(&mut self, locked: bool, now: Timestamp) {
         self.locked = locked;
         self.touch(now);
+    }
+
+    /// Whether the user uploaded a profile image.
+    pub fn has_image(&self) -> bool {
+        self.image.is_some()
+    }
+
+    /// Makes `image` the profile image and returns the one it replaces,
+    /// whose stored object the caller removes once this is committed.
+    pub fn set_image(&mut self, image: ProfileImage, now: Timestamp) -> Option<ProfileImage> {
+        let previous = self.image.replace(image);
+        self.touch(now);
+        previous
+    }
+
+    /// Removes the profile image and returns it; a user without one is
+    /// left unchanged.
+    pub fn remove_image(&mut self, now: Timestamp) -> Option<ProfileImage> {
+        let previous = self.image.take();
+        if previous.is_some() {
+            self.touch(now);
+        }
+        previous
+    }
+
+    /// Up to two letters for a default avatar: the first letters of the
+    /// first and last name, else of the username, else of the primary email
+    /// address; empty when there is nothing to take them from.
+    pub fn initials(&self) -> String {
+        let first = |text: &str| text.chars().find(|c| c.is_alphanumeric());
+        let names: String = [self.first_name.as_ref(), self.last_name.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| first(n.as_str()))
+            .collect();
+        let initials = if names.is_empty() {
+            self.username
+                .as_ref()
+                .and_then(|u| first(u.as_str()))
+                .or_else(|| self.primary_email().and_then(|e| first(e.email.as_str())))
+                .map(String::from)
+                .unwrap_or_default()
+        } else {
+            names
+        };
+        initials
+            .chars()
+            .flat_map(char::to_uppercase)
+            .take(2)
+            .collect()
     }
 }
 

@@ -10,9 +10,9 @@ use roster_domain::query::{MAX_FILTER_VALUES, MAX_QUERY_CHARS, OrderBy, UserFilt
 use roster_domain::{
     Channel, DomainError, Email, EmailAddress, ExternalId, FieldViolation, IdentificationId,
     Locale, Metadata, MetadataKind, Name, NewIdentifiers, NewUser, Password, Phone, PhoneNumber,
-    ProfileChange, SendWindow, Session, SessionId, SessionStatus, SignInId, SignUp, SignUpFields,
-    SignUpId, SignUpRequirements, SignUpStatus, Timestamp, User, UserId, UserUpdate, Username,
-    Verification, VerificationStatus, VerificationStrategy, Violations, reason,
+    ProfileChange, ProfileImage, SendWindow, Session, SessionId, SessionStatus, SignInId, SignUp,
+    SignUpFields, SignUpId, SignUpRequirements, SignUpStatus, Timestamp, User, UserId, UserUpdate,
+    Username, Verification, VerificationStatus, VerificationStrategy, Violations, reason,
 };
 use serde_json::Value as Json;
 
@@ -233,8 +233,35 @@ pub fn sign_in_id(field: &str, text: &str) -> Result<SignInId, DomainError> {
     SignInId::parse(text).map_err(|v| v.nested(field).into())
 }
 
-/// A user as the Backend API shows it.
-pub fn user(u: &User) -> v1::User {
+/// Where a user's profile image is served: the uploaded image at
+/// `{public_url}/images/img_….png`, else the default avatar at
+/// `{public_url}/avatars/user_….svg?initials=AB`.
+pub fn image_url(u: &User, public_url: &str) -> String {
+    use std::fmt::Write as _;
+    let base = public_url.trim_end_matches('/');
+    if let Some(image) = &u.image {
+        return format!("{base}/images/{}", image.file_name());
+    }
+    let initials = u.initials();
+    if initials.is_empty() {
+        return format!("{base}/avatars/{}.svg", u.id);
+    }
+    let mut query = String::new();
+    for c in initials.chars() {
+        if c.is_ascii_alphanumeric() {
+            query.push(c);
+        } else {
+            let mut bytes = [0; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                let _ = write!(query, "%{b:02X}");
+            }
+        }
+    }
+    format!("{base}/avatars/{}.svg?initials={query}", u.id)
+}
+
+/// A user as the Backend API shows it; image URLs start with `public_url`.
+pub fn user(u: &User, public_url: &str) -> v1::User {
     v1::User {
         id: u.id.to_string(),
         external_id: opt_string(u.external_id.as_ref()),
@@ -242,8 +269,8 @@ pub fn user(u: &User) -> v1::User {
         last_name: opt_string(u.last_name.as_ref()),
         username: opt_string(u.username.as_ref()),
         locale: opt_string(u.locale.as_ref()),
-        image_url: String::new(),
-        has_image: u.has_image,
+        image_url: image_url(u, public_url),
+        has_image: u.has_image(),
         primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
         primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
         email_addresses: u
@@ -268,15 +295,15 @@ pub fn user(u: &User) -> v1::User {
 
 /// A user as the Frontend API shows it to the user: no private metadata
 /// (the message has no field for it), and no backend-only state.
-pub fn account(u: &User) -> v1::Account {
+pub fn account(u: &User, public_url: &str) -> v1::Account {
     v1::Account {
         id: u.id.to_string(),
         first_name: opt_string(u.first_name.as_ref()),
         last_name: opt_string(u.last_name.as_ref()),
         username: opt_string(u.username.as_ref()),
         locale: opt_string(u.locale.as_ref()),
-        image_url: String::new(),
-        has_image: u.has_image,
+        image_url: image_url(u, public_url),
+        has_image: u.has_image(),
         primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
         primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
         email_addresses: u
@@ -1038,7 +1065,21 @@ pub fn user_from_proto(u: v1::User) -> Result<User, DomainError> {
             .unwrap_or_default(),
         banned: u.banned,
         locked: u.locked,
-        has_image: u.has_image,
+        // The image's file name is the last segment of its URL.
+        image: if u.has_image {
+            let name = u.image_url.rsplit('/').next().unwrap_or_default();
+            let image = ProfileImage::parse_file_name(name);
+            if image.is_none() {
+                v.push(FieldViolation::new(
+                    "image_url",
+                    reason::FORM_PARAM_FORMAT_INVALID,
+                    "not a profile image URL",
+                ));
+            }
+            image
+        } else {
+            None
+        },
         created_at: time(u.created_at.as_ref()),
         updated_at: time(u.updated_at.as_ref()),
         last_sign_in_at: u.last_sign_in_at.as_ref().map(from_timestamp),
@@ -1157,6 +1198,52 @@ mod tests {
         )
         .unwrap();
         u.last_sign_in_at = Some(Timestamp::from_millis(1_700_000_000_999));
-        assert_eq!(user_from_proto(user(&u)).unwrap(), u);
+        let base = "https://roster.example/";
+        let shown = user(&u, base);
+        assert_eq!(
+            shown.image_url,
+            format!("https://roster.example/avatars/{}.svg?initials=A", u.id)
+        );
+        assert_eq!(user_from_proto(shown).unwrap(), u);
+
+        let image = roster_domain::ProfileImage {
+            id: roster_domain::ImageId::generate(u.created_at),
+            format: roster_domain::ImageFormat::Png,
+        };
+        u.set_image(image.clone(), u.created_at);
+        let shown = user(&u, base);
+        assert!(shown.has_image);
+        assert_eq!(
+            shown.image_url,
+            format!("https://roster.example/images/{}", image.file_name())
+        );
+        assert_eq!(user_from_proto(shown).unwrap(), u);
+    }
+
+    #[test]
+    fn default_avatar_urls_carry_escaped_initials() {
+        let mut u = User::create(
+            NewUser {
+                username: Some(Username::parse("nobody").unwrap()),
+                ..NewUser::default()
+            },
+            Timestamp::from_millis(1),
+        )
+        .unwrap();
+        assert_eq!(
+            image_url(&u, "http://h"),
+            format!("http://h/avatars/{}.svg?initials=N", u.id)
+        );
+        u.username = None;
+        assert_eq!(
+            image_url(&u, "http://h"),
+            format!("http://h/avatars/{}.svg", u.id)
+        );
+        u.first_name = Some(Name::parse("élodie").unwrap().unwrap());
+        u.last_name = Some(Name::parse("zola").unwrap().unwrap());
+        assert_eq!(
+            image_url(&u, "http://h"),
+            format!("http://h/avatars/{}.svg?initials=%C3%89Z", u.id)
+        );
     }
 }

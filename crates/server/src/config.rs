@@ -116,9 +116,20 @@ pub struct ServeArgs {
     /// Longest a call may run, e.g. `30s` or `500ms`.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Address of the plain-HTTP port (JWKS at `/.well-known/jwks.json`).
+    /// Address of the plain-HTTP port (JWKS, profile images, avatars).
     #[arg(long, env = "ROSTER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// URL clients reach the HTTP port at; `image_url` values start with it.
+    /// Default: `http://` and the HTTP port's address.
+    #[arg(long, env = "ROSTER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Where profile images are kept: a directory, or `s3://bucket/prefix`
+    /// with endpoint, region and credentials from the standard `AWS_*`
+    /// variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`). Default: `images` in
+    /// the data directory.
+    #[arg(long, env = "ROSTER_IMAGE_STORE")]
+    pub image_store: Option<String>,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
     #[command(flatten)]

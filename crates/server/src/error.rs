@@ -31,6 +31,12 @@ pub enum ApiError {
     /// A verification code could not be delivered.
     #[error("code delivery failed")]
     Delivery(#[source] crate::delivery::DeliveryError),
+    /// The image store failed to keep or remove an object.
+    #[error("image store failed")]
+    ImageStore(#[source] object_store::Error),
+    /// The client's stream broke off or sent something unreadable.
+    #[error("request stream failed")]
+    Stream(#[source] Status),
     /// A background task failed (panicked or was cancelled).
     #[error("background task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -191,6 +197,18 @@ impl From<ApiError> for Status {
                     HashMap::new(),
                 )
             }
+            ApiError::ImageStore(cause) => {
+                tracing::warn!(error = %cause, "image store unavailable");
+                status(
+                    Code::Unavailable,
+                    "the image store is unavailable; nothing was changed, retry later",
+                    "IMAGE_STORE_UNAVAILABLE",
+                    HashMap::new(),
+                )
+            }
+            // Already a status (a cancelled or malformed stream): as tonic
+            // reported it.
+            ApiError::Stream(status) => status,
             ApiError::Storage(error @ (StorageError::Internal(_) | StorageError::Rejected(_))) => {
                 tracing::error!(error = ?error, "storage failure");
                 Status::internal("internal error")

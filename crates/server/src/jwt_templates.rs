@@ -217,7 +217,7 @@ fn value_of(code: &str, user: &User, session: &SessionId) -> Value {
         "user.phone_number_verified" => {
             Value::Bool(primary_phone.is_some_and(|p| p.verification.is_verified()))
         }
-        "user.has_image" => Value::Bool(user.has_image),
+        "user.has_image" => Value::Bool(user.has_image()),
         "user.created_at" => json!(user.created_at.as_millis().div_euclid(1000)),
         "session.id" => Value::String(session.to_string()),
         other => {

@@ -8,12 +8,13 @@
 //!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`,
 //!   `AccountService`, `SignUpService`.
 //! - [`frontend`]: the Frontend API's session-token authentication.
-//! - [`http`]: the plain-HTTP port (JWKS).
+//! - [`http`]: the plain-HTTP port (JWKS, profile images, avatars).
 //! - [`activity`]: a session's client address and user agent.
 //! - [`auth`]: the Backend API's secret keys.
 //! - [`error`]: the one mapping from domain and storage errors to statuses.
 //! - [`hashing`]: the bounded password-hashing pool.
 //! - [`delivery`]: sending verification codes by SMTP or webhook.
+//! - [`images`]: profile image uploads, their store and default avatars.
 //! - [`tokens`]: signing keys, session tokens (JWT) and the JWKS.
 //! - [`jwt_templates`]: named claim sets for session tokens.
 //! - [`database`]: opening SQLite or PostgreSQL from a URL.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod frontend;
 pub mod hashing;
 pub mod http;
+pub mod images;
 pub mod jwt_templates;
 pub mod services;
 pub mod tokens;
@@ -92,6 +94,8 @@ pub struct AppState {
     pub sign_up: roster_domain::SignUpRequirements,
     /// Named claim sets for session tokens.
     pub jwt_templates: Arc<jwt_templates::JwtTemplates>,
+    /// Profile images, and the public URL they are linked from.
+    pub images: images::Images,
 }
 
 /// Seven days: Clerk's default session lifetime.

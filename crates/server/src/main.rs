@@ -8,6 +8,7 @@ use roster_domain::{Clock as _, CodeKey, CodePolicy, SystemClock};
 use roster_server::activity::ClientIp;
 use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
 use roster_server::database::Database;
+use roster_server::images::Images;
 use roster_server::jwt_templates::JwtTemplates;
 use roster_server::tokens::TokenIssuer;
 use roster_server::{
@@ -104,6 +105,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("loading the token signing keys")?;
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    let public_url = match &args.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", http_listener.local_addr()?),
+    };
+    let image_store = match &args.image_store {
+        Some(location) => location.clone(),
+        None => args.database.data_dir.join("images").display().to_string(),
+    };
+    let images = Images::open(&image_store, &public_url).context("opening the image store")?;
     let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let state = AppState {
         users: db.users(),
@@ -119,6 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sign_ups: db.sign_ups(),
         sign_up: args.sessions.sign_up(),
         jwt_templates: Arc::new(jwt_templates),
+        images,
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {
@@ -127,12 +144,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         delivery,
     };
-    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("binding {}", args.grpc_addr))?;
-    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
     // One signal stops both ports.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = tokio::spawn(roster_server::http::serve(

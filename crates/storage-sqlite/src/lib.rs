@@ -126,7 +126,7 @@ fn user_row(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
         unsafe_metadata: row.try_get(11)?,
         banned: row.try_get(12)?,
         locked: row.try_get(13)?,
-        has_image: row.try_get(14)?,
+        image: row.try_get(14)?,
         created_at: row.try_get(15)?,
         updated_at: row.try_get(16)?,
         last_sign_in_at: row.try_get(17)?,

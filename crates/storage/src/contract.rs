@@ -50,6 +50,7 @@ macro_rules! contract_suite {
             concurrent_updates_are_not_lost,
             update_of_missing_user_is_not_found,
             verification_codes_round_trip,
+            profile_images_round_trip,
             only_verified_identifiers_are_unique,
             sessions_round_trip_and_list_by_status,
             a_ban_revokes_sessions_and_a_sign_in_completes_once,
@@ -525,6 +526,33 @@ pub async fn verification_codes_round_trip(store: Arc<dyn UserStore>) {
         &phone,
         &VerificationCode::parse("123456").unwrap()
     ));
+}
+
+pub async fn profile_images_round_trip(store: Arc<dyn UserStore>) {
+    let user = new_user(&["pic@example.com"], &[], None, 0);
+    insert(store.as_ref(), &user).await;
+    let image = roster_domain::ProfileImage {
+        id: roster_domain::ImageId::generate(at(1)),
+        format: roster_domain::ImageFormat::Webp,
+    };
+    let set = image.clone();
+    let updated = store
+        .update_user(
+            &user.id,
+            Box::new(move |r| {
+                assert_eq!(r.user.set_image(set, at(1)), None);
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.image.as_ref(), Some(&image));
+    let read = store.get_user(&user.id).await.unwrap().unwrap();
+    assert_eq!(read, updated);
+    assert!(read.has_image());
+    // The deleted user carries the image, so its object can be removed.
+    let deleted = store.delete_user(&user.id).await.unwrap().unwrap();
+    assert_eq!(deleted.image, Some(image));
 }
 
 pub async fn delete_removes_everything(store: Arc<dyn UserStore>) {

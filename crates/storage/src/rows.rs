@@ -4,8 +4,8 @@
 
 use roster_domain::{
     CodeHash, Email, EmailAddress, ExternalId, IdentificationId, Locale, Lockout, Metadata, Name,
-    PasswordHash, PendingCode, Phone, PhoneNumber, SendWindow, Timestamp, User, UserId, UserRecord,
-    Username, Verification, VerificationStatus, VerificationStrategy,
+    PasswordHash, PendingCode, Phone, PhoneNumber, ProfileImage, SendWindow, Timestamp, User,
+    UserId, UserRecord, Username, Verification, VerificationStatus, VerificationStrategy,
 };
 
 use crate::StorageError;
@@ -29,7 +29,8 @@ pub struct UserRow {
     pub unsafe_metadata: String,
     pub banned: bool,
     pub locked: bool,
-    pub has_image: bool,
+    /// The profile image's file name (`img_….png`).
+    pub image: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_sign_in_at: Option<i64>,
@@ -213,7 +214,7 @@ impl UserRow {
             unsafe_metadata: u.unsafe_metadata.to_json_text(),
             banned: u.banned,
             locked: u.locked,
-            has_image: u.has_image,
+            image: u.image.as_ref().map(ProfileImage::file_name),
             created_at: u.created_at.as_millis(),
             updated_at: u.updated_at.as_millis(),
             last_sign_in_at: u.last_sign_in_at.map(Timestamp::as_millis),
@@ -248,7 +249,8 @@ impl UserRow {
             Bind::Json(self.unsafe_metadata.clone()),
             Bind::Bool(self.banned),
             Bind::Bool(self.locked),
-            Bind::Bool(self.has_image),
+            Bind::Bool(self.image.is_some()),
+            opt_text(self.image.as_ref()),
             Bind::Int(self.created_at),
             Bind::Int(self.updated_at),
             opt_int(self.last_sign_in_at),
@@ -304,7 +306,13 @@ impl UserRow {
             unsafe_metadata: metadata(&self.unsafe_metadata)?,
             banned: self.banned,
             locked: self.locked,
-            has_image: self.has_image,
+            image: self
+                .image
+                .as_deref()
+                .map(|name| {
+                    ProfileImage::parse_file_name(name).ok_or_else(|| corrupt("image", name))
+                })
+                .transpose()?,
             created_at: Timestamp::from_millis(self.created_at),
             updated_at: Timestamp::from_millis(self.updated_at),
             last_sign_in_at: self.last_sign_in_at.map(Timestamp::from_millis),

@@ -47,11 +47,11 @@ pub struct Statement {
 pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, u.username, u.locale, \
      u.primary_email_address_id, u.primary_phone_number_id, u.password_hash, \
      CAST(u.public_metadata AS TEXT), CAST(u.private_metadata AS TEXT), CAST(u.unsafe_metadata AS TEXT), \
-     u.banned, u.locked, u.has_image, u.created_at, u.updated_at, u.last_sign_in_at, \
+     u.banned, u.locked, u.image, u.created_at, u.updated_at, u.last_sign_in_at, \
      u.code_window_start, u.code_window_sends, u.failed_sign_ins, u.locked_until";
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order.
-pub const USER_WRITE_COLUMNS: [&str; 25] = [
+pub const USER_WRITE_COLUMNS: [&str; 26] = [
     "id",
     "external_id",
     "first_name",
@@ -69,6 +69,7 @@ pub const USER_WRITE_COLUMNS: [&str; 25] = [
     "banned",
     "locked",
     "has_image",
+    "image",
     "created_at",
     "updated_at",
     "last_sign_in_at",

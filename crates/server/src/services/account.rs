@@ -8,6 +8,7 @@ use roster_domain::{
 };
 use roster_proto::convert;
 use roster_proto::v1::account_service_server::AccountService;
+use roster_proto::v1::account_service_set_profile_image_request::Part;
 use roster_proto::v1::{
     self, Account, AccountServiceAttemptEmailAddressVerificationRequest,
     AccountServiceAttemptEmailAddressVerificationResponse,
@@ -16,18 +17,20 @@ use roster_proto::v1::{
     AccountServiceCreateEmailAddressResponse, AccountServiceCreatePhoneNumberRequest,
     AccountServiceCreatePhoneNumberResponse, AccountServiceDeleteEmailAddressRequest,
     AccountServiceDeleteEmailAddressResponse, AccountServiceDeletePhoneNumberRequest,
-    AccountServiceDeletePhoneNumberResponse, AccountServiceListSessionsRequest,
+    AccountServiceDeletePhoneNumberResponse, AccountServiceDeleteProfileImageRequest,
+    AccountServiceDeleteProfileImageResponse, AccountServiceListSessionsRequest,
     AccountServiceListSessionsResponse, AccountServicePrepareEmailAddressVerificationRequest,
     AccountServicePrepareEmailAddressVerificationResponse,
     AccountServicePreparePhoneNumberVerificationRequest,
     AccountServicePreparePhoneNumberVerificationResponse, AccountServiceRevokeSessionRequest,
-    AccountServiceRevokeSessionResponse, ChangePasswordRequest, ChangePasswordResponse,
+    AccountServiceRevokeSessionResponse, AccountServiceSetProfileImageRequest,
+    AccountServiceSetProfileImageResponse, ChangePasswordRequest, ChangePasswordResponse,
     DeleteAccountRequest, DeleteAccountResponse, GetAccountRequest, GetAccountResponse,
     GetTokenRequest, GetTokenResponse, SignOutRequest, SignOutResponse, UpdateAccountRequest,
     UpdateAccountResponse, UpdateUnsafeMetadataRequest, UpdateUnsafeMetadataResponse,
 };
 use roster_storage::SessionQuery;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::respond;
 use super::sessions::mint;
@@ -36,6 +39,7 @@ use super::verification;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::frontend::caller;
+use crate::images;
 
 /// The AccountService implementation.
 #[derive(Clone, Debug)]
@@ -63,7 +67,10 @@ impl Accounts {
     ) -> Result<GetAccountResponse, ApiError> {
         let session = caller(&self.state, &request, false).await?;
         Ok(GetAccountResponse {
-            account: Some(convert::account(&self.user(&session.user_id).await?)),
+            account: Some(convert::account(
+                &self.user(&session.user_id).await?,
+                self.state.images.public_url(),
+            )),
         })
     }
 
@@ -83,7 +90,7 @@ impl Accounts {
             )
             .await?;
         Ok(UpdateAccountResponse {
-            account: Some(convert::account(&user)),
+            account: Some(convert::account(&user, self.state.images.public_url())),
         })
     }
 
@@ -106,7 +113,7 @@ impl Accounts {
             )
             .await?;
         Ok(UpdateUnsafeMetadataResponse {
-            account: Some(convert::account(&user)),
+            account: Some(convert::account(&user, self.state.images.public_url())),
         })
     }
 
@@ -243,7 +250,7 @@ impl Accounts {
             .await?;
         tracing::info!(user_id = %user.id, kept_sessions = keep, "password changed by its user");
         Ok(ChangePasswordResponse {
-            account: Some(convert::account(&user)),
+            account: Some(convert::account(&user, self.state.images.public_url())),
         })
     }
 
@@ -326,7 +333,7 @@ impl Accounts {
                 }),
             )
             .await?;
-        Ok(convert::account(&user))
+        Ok(convert::account(&user, self.state.images.public_url()))
     }
 
     /// Sends a code to one of the caller's identifiers; returns its user.
@@ -369,9 +376,52 @@ impl Accounts {
             }
             .into());
         }
-        self.state.users.delete_user(&session.user_id).await?;
+        let deleted = self.state.users.delete_user(&session.user_id).await?;
+        if let Some(image) = deleted.as_ref().and_then(|u| u.image.as_ref()) {
+            self.state.images.remove(image).await;
+        }
         tracing::info!(user_id = %session.user_id, "user deleted their account");
         Ok(DeleteAccountResponse {})
+    }
+
+    async fn set_profile_image(
+        &self,
+        request: Request<Streaming<AccountServiceSetProfileImageRequest>>,
+    ) -> Result<AccountServiceSetProfileImageResponse, ApiError> {
+        let session = caller(&self.state, &request, false).await?;
+        let upload = images::receive(&self.state.images, request.into_inner(), |m| {
+            Ok(match m.part {
+                Some(Part::Upload(upload)) => images::Part::Upload {
+                    file_name: upload.file_name,
+                },
+                Some(Part::Chunk(chunk)) => images::Part::Chunk(chunk),
+                None => images::Part::Empty,
+            })
+        })
+        .await?;
+        let user = self
+            .state
+            .images
+            .set(&self.state, &session.user_id, upload)
+            .await?;
+        Ok(AccountServiceSetProfileImageResponse {
+            account: Some(convert::account(&user, self.state.images.public_url())),
+        })
+    }
+
+    async fn delete_profile_image(
+        &self,
+        request: Request<AccountServiceDeleteProfileImageRequest>,
+    ) -> Result<AccountServiceDeleteProfileImageResponse, ApiError> {
+        let session = caller(&self.state, &request, false).await?;
+        let user = self
+            .state
+            .images
+            .delete(&self.state, &session.user_id)
+            .await?;
+        Ok(AccountServiceDeleteProfileImageResponse {
+            account: Some(convert::account(&user, self.state.images.public_url())),
+        })
     }
 
     async fn sign_out(
@@ -553,6 +603,20 @@ impl AccountService for Accounts {
         request: Request<DeleteAccountRequest>,
     ) -> Result<Response<DeleteAccountResponse>, Status> {
         respond(Accounts::delete_account(self, request).await)
+    }
+
+    async fn set_profile_image(
+        &self,
+        request: Request<Streaming<AccountServiceSetProfileImageRequest>>,
+    ) -> Result<Response<AccountServiceSetProfileImageResponse>, Status> {
+        respond(Accounts::set_profile_image(self, request).await)
+    }
+
+    async fn delete_profile_image(
+        &self,
+        request: Request<AccountServiceDeleteProfileImageRequest>,
+    ) -> Result<Response<AccountServiceDeleteProfileImageResponse>, Status> {
+        respond(Accounts::delete_profile_image(self, request).await)
     }
 }
 

@@ -2,21 +2,24 @@
 
 use roster_domain::{DomainError, User, UserRecord, reason};
 use roster_proto::convert;
+use roster_proto::v1::set_profile_image_request::Part;
 use roster_proto::v1::user_service_server::UserService;
 use roster_proto::v1::{
     BanUserRequest, BanUserResponse, CountUsersRequest, CountUsersResponse, CreateUserRequest,
-    CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse,
-    ListUsersRequest, ListUsersResponse, LockUserRequest, LockUserResponse, UnbanUserRequest,
-    UnbanUserResponse, UnlockUserRequest, UnlockUserResponse, UpdateUserMetadataRequest,
-    UpdateUserMetadataResponse, UpdateUserRequest, UpdateUserResponse, VerifyPasswordRequest,
-    VerifyPasswordResponse,
+    CreateUserResponse, DeleteProfileImageRequest, DeleteProfileImageResponse, DeleteUserRequest,
+    DeleteUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
+    LockUserRequest, LockUserResponse, SetProfileImageRequest, SetProfileImageResponse,
+    UnbanUserRequest, UnbanUserResponse, UnlockUserRequest, UnlockUserResponse,
+    UpdateUserMetadataRequest, UpdateUserMetadataResponse, UpdateUserRequest, UpdateUserResponse,
+    VerifyPasswordRequest, VerifyPasswordResponse,
 };
 use roster_storage::{ListQuery, list_page};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::respond;
 use crate::AppState;
 use crate::error::ApiError;
+use crate::images;
 
 /// Longest candidate VerifyPassword hashes; longer ones cannot match any
 /// password Roster accepts, and bounding them bounds hashing work.
@@ -44,7 +47,7 @@ impl Users {
         self.state.users.insert_user(&record).await?;
         tracing::info!(user_id = %record.user.id, "user created");
         Ok(CreateUserResponse {
-            user: Some(convert::user(&record.user)),
+            user: Some(convert::user(&record.user, self.state.images.public_url())),
         })
     }
 
@@ -57,7 +60,7 @@ impl Users {
             .await?
             .ok_or_else(|| DomainError::not_found("user", req.id))?;
         Ok(GetUserResponse {
-            user: Some(convert::user(&user)),
+            user: Some(convert::user(&user, self.state.images.public_url())),
         })
     }
 
@@ -68,7 +71,11 @@ impl Users {
             .map_err(DomainError::from)?;
         let page = list_page(self.state.users.as_ref(), query).await?;
         Ok(ListUsersResponse {
-            users: page.users.iter().map(convert::user).collect(),
+            users: page
+                .users
+                .iter()
+                .map(|u| convert::user(u, self.state.images.public_url()))
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         })
     }
@@ -108,7 +115,7 @@ impl Users {
             )
             .await?;
         Ok(UpdateUserResponse {
-            user: Some(convert::user(&user)),
+            user: Some(convert::user(&user, self.state.images.public_url())),
         })
     }
 
@@ -120,6 +127,9 @@ impl Users {
             .delete_user(&id)
             .await?
             .ok_or_else(|| DomainError::not_found("user", req.id))?;
+        if let Some(image) = &user.image {
+            self.state.images.remove(image).await;
+        }
         tracing::info!(user_id = %user.id, "user deleted");
         Ok(DeleteUserResponse {
             id: user.id.to_string(),
@@ -139,7 +149,7 @@ impl Users {
             .update_user(&id, Box::new(move |r| r.user.merge_metadata(patches, now)))
             .await?;
         Ok(UpdateUserMetadataResponse {
-            user: Some(convert::user(&user)),
+            user: Some(convert::user(&user, self.state.images.public_url())),
         })
     }
 
@@ -162,7 +172,7 @@ impl Users {
                 }),
             )
             .await?;
-        Ok(convert::user(&user))
+        Ok(convert::user(&user, self.state.images.public_url()))
     }
 
     async fn verify_password(
@@ -197,6 +207,42 @@ impl Users {
         })?;
         let verified = self.state.hasher.verify(hash, req.password).await?;
         Ok(VerifyPasswordResponse { verified })
+    }
+
+    async fn set_profile_image(
+        &self,
+        stream: Streaming<SetProfileImageRequest>,
+    ) -> Result<SetProfileImageResponse, ApiError> {
+        let mut user_id = None;
+        let upload = images::receive(&self.state.images, stream, |m| {
+            Ok(match m.part {
+                Some(Part::Upload(upload)) => {
+                    user_id = Some(convert::user_id("upload.user_id", &upload.user_id)?);
+                    images::Part::Upload {
+                        file_name: upload.file_name,
+                    }
+                }
+                Some(Part::Chunk(chunk)) => images::Part::Chunk(chunk),
+                None => images::Part::Empty,
+            })
+        })
+        .await?;
+        let id = user_id.ok_or(ApiError::Internal("an upload without its header"))?;
+        let user = self.state.images.set(&self.state, &id, upload).await?;
+        Ok(SetProfileImageResponse {
+            user: Some(convert::user(&user, self.state.images.public_url())),
+        })
+    }
+
+    async fn delete_profile_image(
+        &self,
+        req: DeleteProfileImageRequest,
+    ) -> Result<DeleteProfileImageResponse, ApiError> {
+        let id = convert::user_id("user_id", &req.user_id)?;
+        let user = self.state.images.delete(&self.state, &id).await?;
+        Ok(DeleteProfileImageResponse {
+            user: Some(convert::user(&user, self.state.images.public_url())),
+        })
     }
 }
 
@@ -300,6 +346,20 @@ impl UserService for Users {
             })
             .await;
         respond(user.map(|u| UnlockUserResponse { user: Some(u) }))
+    }
+
+    async fn set_profile_image(
+        &self,
+        request: Request<Streaming<SetProfileImageRequest>>,
+    ) -> Result<Response<SetProfileImageResponse>, Status> {
+        respond(Users::set_profile_image(self, request.into_inner()).await)
+    }
+
+    async fn delete_profile_image(
+        &self,
+        request: Request<DeleteProfileImageRequest>,
+    ) -> Result<Response<DeleteProfileImageResponse>, Status> {
+        respond(Users::delete_profile_image(self, request.into_inner()).await)
     }
 
     async fn verify_password(
