@@ -147,6 +147,8 @@ impl TestServer {
         .unwrap();
         let state = AppState {
             images,
+            readiness: Arc::default(),
+            metrics: Arc::default(),
             users: db.users(),
             sessions: db.sessions(),
             tokens: Arc::new(tokens),

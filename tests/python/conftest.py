@@ -67,10 +67,9 @@ def stubs(tmp_path_factory):
     }
 
 
-def _database_url(backend, data_dir):
-    if backend == "sqlite":
-        return f"sqlite://{data_dir}/roster.db"
-    admin = os.environ.get("ROSTER_TEST_POSTGRES_URL")
+def postgres_database(admin=None):
+    """A new, empty database on the suite's PostgreSQL (or on `admin`)."""
+    admin = admin or os.environ.get("ROSTER_TEST_POSTGRES_URL")
     if not admin:
         pytest.fail("ROSTER_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
     name = "roster_py_" + secrets.token_hex(6)
@@ -78,18 +77,25 @@ def _database_url(backend, data_dir):
     return admin.rsplit("/", 1)[0] + "/" + name
 
 
+def _database_url(backend, data_dir):
+    if backend == "sqlite":
+        return f"sqlite://{data_dir}/roster.db"
+    return postgres_database()
+
+
 class Server:
     """The roster binary; `env` adds ROSTER_* settings. Its log lines are in
     `logs` once it stopped."""
 
-    def __init__(self, backend, env=None):
+    def __init__(self, backend, env=None, database_url=None, wait=True):
         self.dir = tempfile.TemporaryDirectory()
         self.logs = ""
         env = {
             "PATH": os.environ.get("PATH", ""),
             "ROSTER_LOG_FORMAT": "json",
-            "ROSTER_DATABASE_URL": _database_url(backend, self.dir.name),
+            "ROSTER_DATABASE_URL": database_url or _database_url(backend, self.dir.name),
             "ROSTER_DATA_DIR": self.dir.name,
+            "ROSTER_SHUTDOWN_GRACE": "0s",
             **(env or {}),
         }
         self.process = subprocess.Popen(
@@ -100,6 +106,11 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
         )
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self):
+        """Reads the log until both ports are serving."""
         seen = []
         for line in self.process.stderr:
             seen.append(line)

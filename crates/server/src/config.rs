@@ -116,6 +116,14 @@ pub struct ServeArgs {
     /// Longest a call may run, e.g. `30s` or `500ms`.
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Most calls in flight at once; more are refused with UNAVAILABLE
+    /// (`SERVER_OVERLOADED`) instead of queueing.
+    #[arg(long, env = "ROSTER_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long health reports NOT_SERVING while calls are still
+    /// accepted, before the listener closes and in-flight calls drain.
+    #[arg(long, env = "ROSTER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Address of the plain-HTTP port (JWKS, profile images, avatars).
     #[arg(long, env = "ROSTER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

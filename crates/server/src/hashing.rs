@@ -7,6 +7,7 @@
 //! oversubscribing the CPU.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use roster_domain::{Password, PasswordHash};
 use tokio::sync::Semaphore;
@@ -17,6 +18,19 @@ use crate::error::ApiError;
 #[derive(Clone, Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Hashes waiting for a slot or running, for metrics.
+    queued: Arc<AtomicI64>,
+    /// How many run at once.
+    capacity: usize,
+}
+
+/// Decrements a gauge when dropped.
+struct Queued<'a>(&'a AtomicI64);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Hasher {
@@ -24,30 +38,45 @@ impl Hasher {
     pub fn new(parallelism: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(parallelism.max(1))),
+            queued: Arc::default(),
+            capacity: parallelism.max(1),
         }
+    }
+
+    /// Hashes waiting for a slot, and hashes running.
+    pub fn queue(&self) -> (i64, i64) {
+        // Permits are never added or forgotten, so the capacity is fixed.
+        let running = self.capacity - self.permits.available_permits();
+        let running = i64::try_from(running).unwrap_or(0);
+        let total = self.queued.load(Ordering::Relaxed);
+        ((total - running).max(0), running)
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        name: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let _queued = Queued(&self.queued);
+        let span = tracing::info_span!("password", otel.name = name);
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| ApiError::Internal("hashing pool closed"))?;
-        let span = tracing::debug_span!("password_hash");
         Ok(tokio::task::spawn_blocking(move || span.in_scope(work)).await?)
     }
 
     /// Hashes a password.
     pub async fn hash(&self, password: Password) -> Result<PasswordHash, ApiError> {
-        self.run(move || password.hash()).await
+        self.run("password.hash", move || password.hash()).await
     }
 
     /// Checks a candidate against a hash.
     pub async fn verify(&self, hash: PasswordHash, candidate: String) -> Result<bool, ApiError> {
-        self.run(move || hash.verify(&candidate)).await
+        self.run("password.verify", move || hash.verify(&candidate))
+            .await
     }
 
     /// Checks a candidate against a hash that may be missing (no such user,

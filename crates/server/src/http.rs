@@ -7,6 +7,10 @@
 //!   and may be cached for a year; a removed image is 404.
 //! - `/avatars/user_….svg?initials=AB`: the default avatar of a user without
 //!   an image.
+//! - `/metrics`: Prometheus metrics (OpenMetrics text).
+//! - `/healthz`: liveness, 200 while the process serves at all.
+//! - `/readyz`: readiness, 200 when the database answers and the server is
+//!   not shutting down, else 503; what gRPC health reports too.
 
 use std::future::Future;
 
@@ -136,9 +140,36 @@ async fn avatar(
     cached(&headers, &etag, "image/svg+xml", svg)
 }
 
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&state),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.readiness.is_ready() {
+        "ready\n".into_response()
+    } else if state.readiness.database_up() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+    }
+}
+
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/images/{file}", get(image))
         .route("/avatars/{file}", get(avatar))

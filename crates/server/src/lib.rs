@@ -8,7 +8,12 @@
 //!   `PhoneNumberService`, `SessionService`, `JwksService`, `SignInService`,
 //!   `AccountService`, `SignUpService`.
 //! - [`frontend`]: the Frontend API's session-token authentication.
-//! - [`http`]: the plain-HTTP port (JWKS, profile images, avatars).
+//! - [`rpc`]: the layer every call passes: span, metrics, load shedding.
+//! - [`health`]: readiness (database up, not draining).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`telemetry`]: logs and OpenTelemetry traces.
+//! - [`http`]: the plain-HTTP port (JWKS, metrics, health, profile images,
+//!   avatars).
 //! - [`activity`]: a session's client address and user agent.
 //! - [`auth`]: the Backend API's secret keys.
 //! - [`error`]: the one mapping from domain and storage errors to statuses.
@@ -28,10 +33,14 @@ pub mod delivery;
 pub mod error;
 pub mod frontend;
 pub mod hashing;
+pub mod health;
 pub mod http;
 pub mod images;
 pub mod jwt_templates;
+pub mod metrics;
+pub mod rpc;
 pub mod services;
+pub mod telemetry;
 pub mod tokens;
 
 use std::future::Future;
@@ -96,6 +105,10 @@ pub struct AppState {
     pub jwt_templates: Arc<jwt_templates::JwtTemplates>,
     /// Profile images, and the public URL they are linked from.
     pub images: images::Images,
+    /// Whether the server should receive calls.
+    pub readiness: Arc<health::Readiness>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Seven days: Clerk's default session lifetime.
@@ -110,6 +123,15 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Most calls served at once on one HTTP/2 connection; more wait.
     pub concurrency_per_connection: usize,
+    /// Most calls in flight on the whole server; more are refused at once
+    /// with UNAVAILABLE (`SERVER_OVERLOADED`).
+    pub max_in_flight: usize,
+    /// After a shutdown signal, how long health reports NOT_SERVING while
+    /// new calls are still served, so load balancers stop routing here
+    /// before the listener closes.
+    pub shutdown_grace: Duration,
+    /// How often the database is checked for readiness.
+    pub readiness_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -118,6 +140,9 @@ impl Default for ServeOptions {
             secret_keys: SecretKeys::new::<&str>(&[]),
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 256,
+            max_in_flight: 1024,
+            shutdown_grace: Duration::ZERO,
+            readiness_interval: Duration::from_secs(2),
         }
     }
 }
@@ -160,11 +185,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICE_NAMES {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
+    // gRPC health mirrors readiness: the whole server (`""`) and each
+    // service.
+    let mut ready = state.readiness.subscribe();
+    let mirror = tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            for name in SERVICE_NAMES {
+                health.set_service_status(name, status).await;
+            }
+            if ready.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    let watcher = tokio::spawn(health::watch_database(
+        state.readiness.clone(),
+        state.users.clone(),
+        options.readiness_interval,
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(roster_proto::FILE_DESCRIPTOR_SET)
@@ -190,23 +234,35 @@ pub async fn run(
     let sign_ups = SignUpServiceServer::new(SignUps::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let session_auth = frontend::SessionAuth::new(&state);
-    let accounts = AccountServiceServer::new(Accounts::new(state))
+    let accounts = AccountServiceServer::new(Accounts::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
+    let readiness = state.readiness.clone();
+    let grace = options.shutdown_grace;
     let drain = async move {
         shutdown.await;
-        // Health flips first, so load balancers stop routing new calls here
-        // while the calls in flight finish.
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        for name in SERVICE_NAMES {
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
+        // Health flips first, and new calls are still served for the grace
+        // period, so load balancers stop routing here before the listener
+        // closes; then the calls in flight finish.
+        readiness.drain();
+        tracing::info!(grace = ?grace, "shutting down: NOT_SERVING, waiting out the grace period");
+        tokio::time::sleep(grace).await;
         tracing::info!("shutting down: draining in-flight calls");
     };
+    let layer = rpc::RpcLayer::new(
+        state.metrics.clone(),
+        state.readiness.clone(),
+        options.max_in_flight,
+        SERVICE_NAMES
+            .iter()
+            .copied()
+            .chain([
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ])
+            .collect(),
+    );
 
     // Keys other replicas make, or a rotation adds, are published and
     // accepted within a minute, without a restart.
@@ -223,6 +279,7 @@ pub async fn run(
     });
 
     tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving gRPC");
+    // The tower stack, outermost first.
     Server::builder()
         // A per-call deadline, so a stuck database cannot hold a call (and
         // its connection slot) forever; clients may ask for a shorter one.
@@ -230,8 +287,15 @@ pub async fn run(
         // Bounds the calls one connection can have in flight, so one
         // client cannot take every worker.
         .concurrency_limit_per_connection(options.concurrency_per_connection)
-        // One span per call, named after the RPC, around everything below.
-        .trace_fn(|request| tracing::info_span!("rpc", rpc = %request.uri().path()))
+        // HTTP/2 pings find dead peers behind NATs and load balancers
+        // that drop idle connections silently.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_mins(1)))
+        // Per call: its span (continuing the caller's traceparent), its
+        // metrics, and the refusals (database down, too many in flight)
+        // that answer at once instead of queueing.
+        .layer(layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -249,6 +313,8 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await?;
     refresher.abort();
+    watcher.abort();
+    mirror.abort();
     tracing::info!("drained; server stopped");
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use roster_domain::{Clock as _, CodeKey, CodePolicy, SystemClock};
 use roster_server::activity::ClientIp;
-use roster_server::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
+use roster_server::config::{Cli, Command, DatabaseArgs, ServeArgs};
 use roster_server::database::Database;
 use roster_server::images::Images;
 use roster_server::jwt_templates::JwtTemplates;
@@ -14,18 +14,6 @@ use roster_server::tokens::TokenIssuer;
 use roster_server::{
     AppState, CodeSettings, DEFAULT_SESSION_LIFETIME_MS, Hasher, SecretKeys, ServeOptions,
 };
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ROSTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
 
 async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url().context("creating the data directory")?;
@@ -136,6 +124,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sign_up: args.sessions.sign_up(),
         jwt_templates: Arc::new(jwt_templates),
         images,
+        readiness: Arc::default(),
+        metrics: Arc::default(),
         clock,
         hasher: Hasher::new(parallelism),
         codes: CodeSettings {
@@ -144,16 +134,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         delivery,
     };
-    // One signal stops both ports.
+    // The signal starts the gRPC server's shutdown; the HTTP port (metrics,
+    // `/readyz` answering 503) stays up until the gRPC calls have drained.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let http = tokio::spawn(roster_server::http::serve(
         http_listener,
         state.clone(),
-        wait_for(stopped.clone()),
+        wait_for(http_stopped),
     ));
     let options = ServeOptions {
         secret_keys: SecretKeys::new(&keys),
         request_timeout: args.request_timeout,
+        max_in_flight: args.max_in_flight,
+        shutdown_grace: args.shutdown_grace,
         ..ServeOptions::default()
     };
     tokio::spawn(async move {
@@ -161,16 +155,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     roster_server::run(listener, state, options, wait_for(stopped)).await?;
+    let _ = http_stop.send(true);
     http.await?.context("serving HTTP")?;
     db.close().await;
+    tracing::info!("database pool closed; exiting");
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match cli.command {
+    let telemetry = roster_server::telemetry::init(cli.log_format)?;
+    let result = run(cli.command).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => serve(*args).await,
         Command::RotateSigningKey(args) => {
             let db = open(&args.database).await?;

@@ -32,6 +32,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
 }
 
 /// Pool settings.
@@ -267,7 +268,10 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(map_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            acquire_times: std::sync::Arc::default(),
+        })
     }
 
     /// Applies pending migrations under an advisory lock.
@@ -288,11 +292,30 @@ impl PostgresStore {
 impl SqlDatabase for PostgresStore {
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
         Ok(Box::new(Conn(
-            self.pool.acquire().await.map_err(map_error)?,
+            self.acquire_times
+                .time(self.pool.acquire())
+                .await
+                .map_err(map_error)?,
         )))
     }
 
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
-        Ok(Box::new(Conn(self.pool.begin().await.map_err(map_error)?)))
+        Ok(Box::new(Conn(
+            self.acquire_times
+                .time(self.pool.begin())
+                .await
+                .map_err(map_error)?,
+        )))
+    }
+
+    fn pool_stats(&self) -> roster_storage::PoolStats {
+        let (acquires, acquire_wait_seconds) = self.acquire_times.totals();
+        roster_storage::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            acquires,
+            acquire_wait_seconds,
+        }
     }
 }

@@ -33,6 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
 }
 
 fn map_error(error: sqlx::Error) -> StorageError {
@@ -256,7 +257,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            acquire_times: std::sync::Arc::default(),
+        })
     }
 
     /// Applies pending migrations.
@@ -277,16 +281,30 @@ impl SqliteStore {
 impl SqlDatabase for SqliteStore {
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
         Ok(Box::new(Conn(
-            self.pool.acquire().await.map_err(map_error)?,
+            self.acquire_times
+                .time(self.pool.acquire())
+                .await
+                .map_err(map_error)?,
         )))
     }
 
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
         Ok(Box::new(Conn(
-            self.pool
-                .begin_with("BEGIN IMMEDIATE")
+            self.acquire_times
+                .time(self.pool.begin_with("BEGIN IMMEDIATE"))
                 .await
                 .map_err(map_error)?,
         )))
+    }
+
+    fn pool_stats(&self) -> roster_storage::PoolStats {
+        let (acquires, acquire_wait_seconds) = self.acquire_times.totals();
+        roster_storage::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            acquires,
+            acquire_wait_seconds,
+        }
     }
 }

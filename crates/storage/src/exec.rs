@@ -60,6 +60,8 @@ pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     /// A write transaction. Reads of a user inside it with `lock` set keep
     /// other writers of that user out until it ends.
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError>;
+    /// The connection pool's state, for metrics.
+    fn pool_stats(&self) -> crate::PoolStats;
 }
 
 /// Loads full records for user rows: two more queries however many users.
@@ -313,20 +315,24 @@ async fn delete_user(conn: &mut dyn SqlConn, id: &UserId) -> Result<(), StorageE
 
 #[async_trait]
 impl<D: SqlDatabase> UserStore for D {
+    #[tracing::instrument(name = "store.insert_user", skip_all)]
     async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
         let mut tx = self.begin_write().await?;
         insert_user(tx.as_mut(), record).await?;
         tx.commit().await
     }
 
+    #[tracing::instrument(name = "store.get_user", skip_all)]
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
         Ok(self.get_record(id).await?.map(|r| r.user))
     }
 
+    #[tracing::instrument(name = "store.get_record", skip_all)]
     async fn get_record(&self, id: &UserId) -> Result<Option<UserRecord>, StorageError> {
         load_record(self.connection().await?.as_mut(), id, false).await
     }
 
+    #[tracing::instrument(name = "store.update_user", skip_all)]
     async fn update_user(&self, id: &UserId, mutation: Mutation<'_>) -> Result<User, StorageError> {
         let mut tx = self.begin_write().await?;
         let mut record = load_record(tx.as_mut(), id, true)
@@ -339,6 +345,7 @@ impl<D: SqlDatabase> UserStore for D {
         Ok(record.user)
     }
 
+    #[tracing::instrument(name = "store.delete_user", skip_all)]
     async fn delete_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
         let mut tx = self.begin_write().await?;
         let Some(record) = load_record(tx.as_mut(), id, true).await? else {
@@ -349,6 +356,7 @@ impl<D: SqlDatabase> UserStore for D {
         Ok(Some(record.user))
     }
 
+    #[tracing::instrument(name = "store.find_identification_owner", skip_all)]
     async fn find_identification_owner(
         &self,
         id: &IdentificationId,
@@ -360,10 +368,12 @@ impl<D: SqlDatabase> UserStore for D {
         owners.first().map(|o| stored_user_id(o)).transpose()
     }
 
+    #[tracing::instrument(name = "store.list_users", skip_all)]
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
         list_users(self.connection().await?.as_mut(), query).await
     }
 
+    #[tracing::instrument(name = "store.count_users", skip_all)]
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
         let mut conn = self.connection().await?;
         let count = conn
@@ -372,6 +382,11 @@ impl<D: SqlDatabase> UserStore for D {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    fn pool_stats(&self) -> Option<crate::PoolStats> {
+        Some(SqlDatabase::pool_stats(self))
+    }
+
+    #[tracing::instrument(name = "store.ping", skip_all)]
     async fn ping(&self) -> Result<(), StorageError> {
         let probe = Statement {
             sql: "SELECT 1".to_owned(),

@@ -62,6 +62,49 @@ impl StorageError {
     }
 }
 
+/// A connection pool's state, read for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
+    /// Connections handed out since start.
+    pub acquires: u64,
+    /// Time callers spent waiting for those connections, in seconds.
+    pub acquire_wait_seconds: f64,
+}
+
+/// Counts connection acquisitions and the time spent waiting for them.
+#[derive(Debug, Default)]
+pub struct AcquireTimes {
+    acquires: std::sync::atomic::AtomicU64,
+    wait_micros: std::sync::atomic::AtomicU64,
+}
+
+impl AcquireTimes {
+    /// Awaits `acquire`, counting it and the time it took.
+    pub async fn time<T>(&self, acquire: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = std::time::Instant::now();
+        let out = acquire.await;
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.acquires.fetch_add(1, Relaxed);
+        self.wait_micros.fetch_add(micros, Relaxed);
+        out
+    }
+
+    /// (acquisitions, seconds waited) so far.
+    pub fn totals(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        #[allow(clippy::cast_precision_loss, reason = "metrics tolerate rounding")]
+        let seconds = self.wait_micros.load(Relaxed) as f64 / 1e6;
+        (self.acquires.load(Relaxed), seconds)
+    }
+}
+
 /// Everything a backend stores.
 pub trait Store: UserStore + SessionStore + SignUpStore {}
 
@@ -108,6 +151,11 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
 
     /// Checks that the database answers, for readiness probes.
     async fn ping(&self) -> Result<(), StorageError>;
+
+    /// The connection pool's state, for backends that have one.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
 }
 
 /// Reads one page of users: asks the store for one more than the page size

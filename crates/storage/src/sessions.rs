@@ -503,6 +503,7 @@ async fn fetch_one<T>(
 
 #[async_trait]
 impl<D: SqlDatabase> SessionStore for D {
+    #[tracing::instrument(name = "store.insert_session", skip_all)]
     async fn insert_session(&self, session: &Session) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();
@@ -516,6 +517,7 @@ impl<D: SqlDatabase> SessionStore for D {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.get_session", skip_all)]
     async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StorageError> {
         let mut conn = self.connection().await?;
         let statement = by_id(
@@ -528,6 +530,7 @@ impl<D: SqlDatabase> SessionStore for D {
         fetch_one(conn.as_mut(), statement, &SESSION_TYPES, session_from).await
     }
 
+    #[tracing::instrument(name = "store.update_session", skip_all)]
     async fn update_session(
         &self,
         id: &SessionId,
@@ -551,6 +554,7 @@ impl<D: SqlDatabase> SessionStore for D {
         Ok(session)
     }
 
+    #[tracing::instrument(name = "store.list_sessions", skip_all)]
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StorageError> {
         let mut conn = self.connection().await?;
         let statement = list_statement(query, conn.dialect());
@@ -561,6 +565,7 @@ impl<D: SqlDatabase> SessionStore for D {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.find_session_by_secret", skip_all)]
     async fn find_session_by_secret(
         &self,
         secret_hash: &str,
@@ -572,6 +577,7 @@ impl<D: SqlDatabase> SessionStore for D {
         fetch_one(conn.as_mut(), b.finish(), &SESSION_TYPES, session_from).await
     }
 
+    #[tracing::instrument(name = "store.insert_sign_in", skip_all)]
     async fn insert_sign_in(&self, sign_in: &SignIn) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();
@@ -585,6 +591,7 @@ impl<D: SqlDatabase> SessionStore for D {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.update_sign_in", skip_all)]
     async fn update_sign_in(
         &self,
         id: &SignInId,
@@ -608,6 +615,7 @@ impl<D: SqlDatabase> SessionStore for D {
         Ok(sign_in)
     }
 
+    #[tracing::instrument(name = "store.get_sign_in", skip_all)]
     async fn get_sign_in(&self, id: &SignInId) -> Result<Option<SignIn>, StorageError> {
         let mut conn = self.connection().await?;
         let statement = by_id(
@@ -620,6 +628,7 @@ impl<D: SqlDatabase> SessionStore for D {
         fetch_one(conn.as_mut(), statement, &SIGN_IN_TYPES, sign_in_from).await
     }
 
+    #[tracing::instrument(name = "store.complete_sign_in", skip_all)]
     async fn complete_sign_in(
         &self,
         id: &SignInId,
@@ -636,6 +645,7 @@ impl<D: SqlDatabase> SessionStore for D {
         Ok(conn.execute(b.finish()).await? == 1)
     }
 
+    #[tracing::instrument(name = "store.signing_keys", skip_all)]
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StorageError> {
         let mut conn = self.connection().await?;
         let mut b = Builder::new(
@@ -650,6 +660,7 @@ impl<D: SqlDatabase> SessionStore for D {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.insert_signing_key", skip_all)]
     async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();

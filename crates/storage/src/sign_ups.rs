@@ -227,6 +227,7 @@ async fn write(conn: &mut dyn crate::exec::SqlConn, s: &SignUp) -> Result<(), St
 
 #[async_trait]
 impl<D: SqlDatabase> SignUpStore for D {
+    #[tracing::instrument(name = "store.insert_sign_up", skip_all)]
     async fn insert_sign_up(&self, sign_up: &SignUp) -> Result<(), StorageError> {
         let mut conn = self.connection().await?;
         let dialect = conn.dialect();
@@ -235,6 +236,7 @@ impl<D: SqlDatabase> SignUpStore for D {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.get_sign_up", skip_all)]
     async fn get_sign_up(&self, id: &SignUpId) -> Result<Option<SignUp>, StorageError> {
         let mut conn = self.connection().await?;
         match load(conn.as_mut(), id, false).await {
@@ -244,6 +246,7 @@ impl<D: SqlDatabase> SignUpStore for D {
         }
     }
 
+    #[tracing::instrument(name = "store.update_sign_up", skip_all)]
     async fn update_sign_up(
         &self,
         id: &SignUpId,
@@ -257,6 +260,7 @@ impl<D: SqlDatabase> SignUpStore for D {
         Ok(sign_up)
     }
 
+    #[tracing::instrument(name = "store.admit_code_send", skip_all)]
     async fn admit_code_send(
         &self,
         target: &str,
@@ -302,6 +306,7 @@ impl<D: SqlDatabase> SignUpStore for D {
         tx.commit().await
     }
 
+    #[tracing::instrument(name = "store.admit_unknown_attempt", skip_all)]
     async fn admit_unknown_attempt(
         &self,
         target: &str,
@@ -351,6 +356,7 @@ impl<D: SqlDatabase> SignUpStore for D {
         tx.commit().await
     }
 
+    #[tracing::instrument(name = "store.complete_sign_up", skip_all)]
     async fn complete_sign_up(
         &self,
         id: &SignUpId,
