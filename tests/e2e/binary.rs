@@ -25,6 +25,7 @@ fn command(dir: &tempfile::TempDir) -> Command {
         .env("ROSTER_LOG_FORMAT", "json")
         .env("ROSTER_DATA_DIR", dir.path())
         .env("ROSTER_HTTP_ADDR", "127.0.0.1:0")
+        .env("ROSTER_SHUTDOWN_GRACE", "0s")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

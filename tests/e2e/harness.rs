@@ -58,6 +58,8 @@ pub struct Setup {
     pub keys: Vec<String>,
     pub delivery: Deliveries,
     pub self_delete: bool,
+    /// Calls allowed in flight at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for Setup {
@@ -66,6 +68,7 @@ impl Default for Setup {
             keys: Vec::new(),
             delivery: Deliveries::default(),
             self_delete: true,
+            max_in_flight: ServeOptions::default().max_in_flight,
         }
     }
 }
@@ -115,6 +118,7 @@ impl TestServer {
             keys,
             delivery,
             self_delete,
+            max_in_flight,
         } = setup;
         let (url, dir) = database_url(backend).await;
         let db = Database::open(&url).await.unwrap();
@@ -178,6 +182,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             secret_keys: SecretKeys::new(&keys),
+            max_in_flight,
             ..ServeOptions::default()
         };
         let task = tokio::spawn(async move {

@@ -16,6 +16,7 @@ mod binary;
 mod harness;
 mod identifiers;
 mod images;
+mod operations;
 mod sessions;
 mod sign_up;
 mod users;

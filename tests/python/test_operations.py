@@ -45,15 +45,16 @@ def http_get(server, path):
         return e.code, e.read().decode()
 
 
-def health(channel):
-    """grpc.health.v1.Health/Check for the whole server: 1 SERVING, 2
-    NOT_SERVING (HealthCheckResponse field 1)."""
+def health(channel, service=""):
+    """grpc.health.v1.Health/Check: 1 SERVING, 2 NOT_SERVING
+    (HealthCheckResponse field 1). The messages are encoded by hand."""
     check = channel.unary_unary(
         "/grpc.health.v1.Health/Check",
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )
-    response = check(b"", timeout=5)
+    name = service.encode()
+    response = check(bytes([0x0A, len(name)]) + name if name else b"", timeout=5)
     return response[1] if len(response) == 2 and response[0] == 0x08 else 0
 
 
@@ -231,6 +232,8 @@ def test_sigterm_flips_health_drains_a_slow_call_and_exits_zero(stubs):
         server.process.send_signal(signal.SIGTERM)
         wait_until(lambda: health(channel) == 2, 5, "NOT_SERVING")
         assert http_get(server, "/readyz")[0] == 503
+        # Liveness stays SERVING: the pod must not be restarted mid-drain.
+        assert health(channel, "liveness") == 1
         # Past the grace period the listener is closed, but the call in
         # flight goes on.
         time.sleep(1.5)
@@ -293,6 +296,7 @@ def test_readiness_follows_postgres_down_and_back_without_a_restart(stubs):
             pg.stop()
             wait_until(lambda: http_get(server, "/readyz")[0] == 503, 15, "readiness to fail")
             assert health(channel) == 2
+            assert health(channel, "liveness") == 1
             # Calls fail fast and typed, not hang.
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:

@@ -162,6 +162,9 @@ const KEY_REFRESH_INTERVAL: Duration = Duration::from_mins(1);
 /// Largest request message accepted, so one call cannot exhaust memory.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The health "service" that reports liveness rather than readiness.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// Names of the services health is reported for (besides the whole
 /// server, `""`).
 pub const SERVICE_NAMES: [&str; 8] = [
@@ -185,6 +188,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    // `liveness` answers SERVING as long as the process serves at all, for
+    // liveness probes that must not restart a pod whose database is down
+    // or which is draining.
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     // gRPC health mirrors readiness: the whole server (`""`) and each
     // service.
     let mut ready = state.readiness.subscribe();
