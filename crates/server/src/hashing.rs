@@ -1,10 +1,12 @@
 //! Password hashing off the async threads, in a bounded pool.
 //!
-//! argon2id costs tens of milliseconds of CPU per hash by design. Running it
-//! on the async runtime would stall every other request on that thread, so
-//! hashes run on tokio's blocking threads; a semaphore bounds how many run
-//! at once (one per core), so a burst of sign-ups queues instead of
-//! oversubscribing the CPU.
+//! argon2id costs tens of milliseconds of CPU and 19 MiB of memory per hash
+//! by design. Running it on the async runtime would stall every other
+//! request on that thread, so hashes run on a few threads of their own (one
+//! per core), and a burst of sign-ups queues instead of oversubscribing the
+//! CPU. Dedicated threads rather than tokio's blocking pool also bound
+//! memory: every thread that ever hashed keeps its allocator arena, and the
+//! blocking pool grows to hundreds of threads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,11 +20,15 @@ use crate::error::ApiError;
 #[derive(Clone, Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Jobs for the hashing threads, which end when the last sender goes.
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Hashes waiting for a slot or running, for metrics.
     queued: Arc<AtomicI64>,
     /// How many run at once.
     capacity: usize,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Decrements a gauge when dropped.
 struct Queued<'a>(&'a AtomicI64);
@@ -36,7 +42,30 @@ impl Drop for Queued<'_> {
 impl Hasher {
     /// A pool running at most `parallelism` hashes at once.
     pub fn new(parallelism: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..parallelism.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("roster-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A panicking hash fails its call (the result
+                        // channel drops), not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a password hashing thread failed");
+            }
+        }
         Self {
+            jobs,
             permits: Arc::new(Semaphore::new(parallelism.max(1))),
             queued: Arc::default(),
             capacity: parallelism.max(1),
@@ -65,7 +94,15 @@ impl Hasher {
             .acquire()
             .await
             .map_err(|_| ApiError::Internal("hashing pool closed"))?;
-        Ok(tokio::task::spawn_blocking(move || span.in_scope(work)).await?)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(span.in_scope(work));
+            }))
+            .map_err(|_| ApiError::Internal("hashing threads stopped"))?;
+        result
+            .await
+            .map_err(|_| ApiError::Internal("a password hash failed"))
     }
 
     /// Hashes a password.

@@ -53,7 +53,6 @@ use roster_proto::v1::phone_number_service_server::PhoneNumberServiceServer;
 use roster_proto::v1::user_service_server::UserServiceServer;
 use roster_storage::{SessionStore, UserStore};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -178,6 +177,32 @@ pub const SERVICE_NAMES: [&str; 8] = [
     <SignUpServiceServer<SignUps> as NamedService>::NAME,
 ];
 
+/// The transport Roster serves on: the outer layers of its tower stack,
+/// outermost first. Benchmark baselines serve on the same.
+pub fn transport(options: &ServeOptions) -> Server {
+    Server::builder()
+        // A per-call deadline, so a stuck database cannot hold a call (and
+        // its connection slot) forever; clients may ask for a shorter one.
+        .timeout(options.request_timeout)
+        // Bounds the calls one connection can have in flight, so one
+        // client cannot take every worker.
+        .concurrency_limit_per_connection(options.concurrency_per_connection)
+        // HTTP/2 pings find dead peers behind NATs and load balancers
+        // that drop idle connections silently.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Connections accepted on `listener`, set up as Roster serves them:
+/// TCP_NODELAY, so a response's last segment is not held back waiting for
+/// an acknowledgement (Nagle's algorithm against delayed ACKs costs 40 ms a
+/// call), and TCP keepalive, so dead peers are noticed.
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_mins(1)))
+}
+
 /// Serves the gRPC API on `listener` until `shutdown` completes, then
 /// reports NOT_SERVING on health and drains in-flight calls before
 /// returning.
@@ -288,19 +313,7 @@ pub async fn run(
     });
 
     tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving gRPC");
-    // The tower stack, outermost first.
-    Server::builder()
-        // A per-call deadline, so a stuck database cannot hold a call (and
-        // its connection slot) forever; clients may ask for a shorter one.
-        .timeout(options.request_timeout)
-        // Bounds the calls one connection can have in flight, so one
-        // client cannot take every worker.
-        .concurrency_limit_per_connection(options.concurrency_per_connection)
-        // HTTP/2 pings find dead peers behind NATs and load balancers
-        // that drop idle connections silently.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_mins(1)))
+    transport(&options)
         // Per call: its span (continuing the caller's traceparent), its
         // metrics, and the refusals (database down, too many in flight)
         // that answer at once instead of queueing.
@@ -319,7 +332,7 @@ pub async fn run(
         .add_service(sign_ups)
         // The Frontend API's signed-in calls: a session token.
         .add_service(InterceptedService::new(accounts, session_auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .serve_with_incoming_shutdown(incoming(listener), drain)
         .await?;
     refresher.abort();
     watcher.abort();

@@ -33,6 +33,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite allows one writer at a time: write transactions of this
+    /// process queue for it here.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
 }
 
@@ -163,7 +166,9 @@ fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
 }
 
 /// A SQLite connection or transaction, as [`SqlConn`].
-struct Conn<C>(C);
+/// A connection, and for a write transaction the writer's turn (see
+/// [`SqliteStore`]'s `writer`), released after the transaction ends.
+struct Conn<C>(C, Option<tokio::sync::OwnedMutexGuard<()>>);
 
 impl<C: DerefMut<Target = SqliteConnection> + Send> Conn<C> {
     async fn fetch<T>(
@@ -234,7 +239,8 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> SqlConn for Conn<C> {
 #[async_trait]
 impl SqlTransaction for Conn<sqlx::Transaction<'static, sqlx::Sqlite>> {
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        self.0.commit().await.map_err(map_error)
+        let Conn(transaction, _turn) = *self;
+        transaction.commit().await.map_err(map_error)
     }
 }
 
@@ -259,6 +265,7 @@ impl SqliteStore {
             .map_err(map_error)?;
         Ok(Self {
             pool,
+            writer: std::sync::Arc::default(),
             acquire_times: std::sync::Arc::default(),
         })
     }
@@ -285,16 +292,21 @@ impl SqlDatabase for SqliteStore {
                 .time(self.pool.acquire())
                 .await
                 .map_err(map_error)?,
+            None,
         )))
     }
 
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
-        Ok(Box::new(Conn(
-            self.acquire_times
-                .time(self.pool.begin_with("BEGIN IMMEDIATE"))
-                .await
-                .map_err(map_error)?,
-        )))
+        // Writers take turns here, in arrival order, instead of in SQLite's
+        // busy handler, which sleeps and retries and leaves the database
+        // idle between a commit and the next writer's wake-up.
+        let turn = self.writer.clone().lock_owned().await;
+        let transaction = self
+            .acquire_times
+            .time(self.pool.begin_with("BEGIN IMMEDIATE"))
+            .await
+            .map_err(map_error)?;
+        Ok(Box::new(Conn(transaction, Some(turn))))
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {

@@ -1,0 +1,430 @@
+//! The load generator: workers calling one scenario over a few HTTP/2
+//! connections, closed-loop (each worker's next call as soon as the last
+//! ends) or paced at a fixed total rate, with latencies measured from each
+//! call's scheduled start so a slow server cannot hide queueing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use roster_proto::v1::email_address_service_client::EmailAddressServiceClient;
+use roster_proto::v1::user_service_client::UserServiceClient;
+use roster_proto::v1::{
+    CreateEmailAddressRequest, CreateUserRequest, GetUserRequest, ListUsersRequest,
+    UpdateUserMetadataRequest, UserFilter,
+};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::procfs;
+
+/// What the workers call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Scenario {
+    /// GetUser of a random seeded user.
+    GetUser,
+    /// CreateUser with a username and an email address, no password.
+    CreateUser,
+    /// CreateUser with a password (argon2id).
+    CreateUserWithPassword,
+    /// ListUsers, newest first, pages of 20.
+    ListUsers,
+    /// ListUsers, pages of 20, with a substring `query` naming one user.
+    ListUsersQuery,
+    /// UpdateUserMetadata of a random user's public metadata.
+    UpdateUserMetadata,
+    /// CreateEmailAddress on a random user.
+    CreateEmailAddress,
+    /// 90 % GetUser, 10 % UpdateUserMetadata.
+    Mixed,
+}
+
+impl Scenario {
+    pub const ALL: [Self; 8] = [
+        Self::GetUser,
+        Self::CreateUser,
+        Self::CreateUserWithPassword,
+        Self::ListUsers,
+        Self::ListUsersQuery,
+        Self::UpdateUserMetadata,
+        Self::CreateEmailAddress,
+        Self::Mixed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GetUser => "get_user",
+            Self::CreateUser => "create_user",
+            Self::CreateUserWithPassword => "create_user_with_password",
+            Self::ListUsers => "list_users",
+            Self::ListUsersQuery => "list_users_query",
+            Self::UpdateUserMetadata => "update_user_metadata",
+            Self::CreateEmailAddress => "create_email_address",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// Whether the scenario writes (its baseline is the INSERT server).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Self::CreateUser
+                | Self::CreateUserWithPassword
+                | Self::UpdateUserMetadata
+                | Self::CreateEmailAddress
+        )
+    }
+}
+
+/// Where calls go, and the data they pick from.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub channels: Vec<Channel>,
+    /// Ids of existing users.
+    pub ids: Arc<Vec<String>>,
+    /// Search terms that match a user each.
+    pub queries: Arc<Vec<String>>,
+    /// Distinguishes this run's new usernames and addresses from earlier
+    /// runs' against the same database.
+    pub run: u64,
+}
+
+/// How hard and how long.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Total calls per second across workers; `None` for as fast as the
+    /// server answers.
+    pub rate: Option<f64>,
+    /// The server process, for its CPU time and memory.
+    pub server_pid: Option<u32>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub concurrency: usize,
+    pub target_rate: Option<f64>,
+    pub requests: u64,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Failed calls by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Server CPU time over the measured window.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_rss_start_mb: Option<f64>,
+    pub server_rss_peak_mb: Option<f64>,
+    pub server_rss_end_mb: Option<f64>,
+}
+
+/// A small, fast generator for picking ids; quality is not a concern.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+    }
+}
+
+struct Worker {
+    users: UserServiceClient<Channel>,
+    emails: EmailAddressServiceClient<Channel>,
+    target: Target,
+    random: XorShift,
+    id: usize,
+    sequence: u64,
+}
+
+fn metadata(n: u64) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(
+            "bench".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(f64::from(
+                    u32::try_from(n % 1_000_000).unwrap_or(0),
+                ))),
+            },
+        )]
+        .into(),
+    }
+}
+
+impl Worker {
+    fn random_id(&mut self) -> String {
+        let i = self.random.below(self.target.ids.len());
+        self.target.ids[i].clone()
+    }
+
+    /// One call; the error's code on failure.
+    async fn call(&mut self, scenario: Scenario) -> Result<(), tonic::Code> {
+        self.sequence += 1;
+        let unique = format!(
+            "r{}{}w{}n{}",
+            self.target.run,
+            scenario.name().replace('_', ""),
+            self.id,
+            self.sequence
+        );
+        let result = match scenario {
+            Scenario::GetUser => {
+                let id = self.random_id();
+                self.users.get_user(GetUserRequest { id }).await.map(drop)
+            }
+            Scenario::CreateUser | Scenario::CreateUserWithPassword => {
+                let password = if scenario == Scenario::CreateUserWithPassword {
+                    "correct horse battery staple".to_owned()
+                } else {
+                    String::new()
+                };
+                self.users
+                    .create_user(CreateUserRequest {
+                        username: unique.clone(),
+                        email_addresses: vec![format!("{unique}@bench.example")],
+                        first_name: "Bench".into(),
+                        password,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+            }
+            Scenario::ListUsers => self
+                .users
+                .list_users(ListUsersRequest {
+                    page_size: 20,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Scenario::ListUsersQuery => {
+                let i = self.random.below(self.target.queries.len());
+                let query = self.target.queries[i].clone();
+                self.users
+                    .list_users(ListUsersRequest {
+                        page_size: 20,
+                        filter: Some(UserFilter {
+                            query,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+            }
+            Scenario::UpdateUserMetadata => self.update_metadata().await,
+            Scenario::CreateEmailAddress => {
+                let user_id = self.random_id();
+                self.emails
+                    .create_email_address(CreateEmailAddressRequest {
+                        user_id,
+                        email_address: format!("{unique}@more.bench.example"),
+                        verified: true,
+                        primary: false,
+                    })
+                    .await
+                    .map(drop)
+            }
+            Scenario::Mixed => {
+                if self.random.below(10) == 0 {
+                    self.update_metadata().await
+                } else {
+                    let id = self.random_id();
+                    self.users.get_user(GetUserRequest { id }).await.map(drop)
+                }
+            }
+        };
+        result.map_err(|status| status.code())
+    }
+
+    async fn update_metadata(&mut self) -> Result<(), tonic::Status> {
+        let user_id = self.random_id();
+        let n = self.sequence;
+        self.users
+            .update_user_metadata(UpdateUserMetadataRequest {
+                user_id,
+                public_metadata: Some(metadata(n)),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+    }
+}
+
+/// Latencies in microseconds and errors by code, of one worker.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sorted sample"
+    )]
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+fn mb(bytes: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss, reason = "megabytes for a report")]
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    mb
+}
+
+/// Runs `scenario` against `target` under `load`.
+pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started_at = Instant::now();
+    // Each worker's share of the rate: one call every `interval`.
+    #[allow(clippy::cast_precision_loss, reason = "a rate")]
+    let interval = load
+        .rate
+        .map(|r| Duration::from_secs_f64(load.concurrency as f64 / r.max(0.001)));
+    let mut workers = Vec::new();
+    for id in 0..load.concurrency {
+        let channel = target.channels[id % target.channels.len()].clone();
+        let mut worker = Worker {
+            users: UserServiceClient::new(channel.clone()),
+            emails: EmailAddressServiceClient::new(channel),
+            target: target.clone(),
+            random: XorShift(
+                0x9E37_79B9_7F4A_7C15 ^ ((u64::try_from(id).unwrap_or(0) + 1) * 0x2545_F491),
+            ),
+            id,
+            sequence: 0,
+        };
+        let (measuring, stop) = (measuring.clone(), stop.clone());
+        #[allow(clippy::cast_precision_loss, reason = "a fraction")]
+        let spread = id as f64 / load.concurrency as f64;
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            // Workers start spread over one interval, not all at once.
+            let mut next = interval.map(|every| started_at + every.mul_f64(spread));
+            while !stop.load(Ordering::Relaxed) {
+                let scheduled = match (next, interval) {
+                    (Some(at), Some(every)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        next = Some(at + every);
+                        at
+                    }
+                    _ => Instant::now(),
+                };
+                let outcome = worker.call(scenario).await;
+                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    let us = u32::try_from(scheduled.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    tally.latencies_us.push(us);
+                    if let Err(code) = outcome {
+                        *tally.errors.entry(format!("{code:?}")).or_default() += 1;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    tokio::time::sleep(load.warmup).await;
+
+    let cpu_before = load.server_pid.and_then(procfs::cpu_time);
+    let rss_start = load.server_pid.and_then(procfs::rss_bytes);
+    let peak = Arc::new(AtomicU64::new(rss_start.unwrap_or(0)));
+    measuring.store(true, Ordering::Relaxed);
+    let window = Instant::now();
+    let sampler = load.server_pid.map(|pid| {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last_report = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = procfs::rss_bytes(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    eprintln!(
+                        "  … {:.0}s, server RSS {:.1} MB",
+                        window.elapsed().as_secs_f64(),
+                        procfs::rss_bytes(pid).map_or(0.0, mb)
+                    );
+                    last_report = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    tokio::time::sleep(load.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let seconds = window.elapsed().as_secs_f64();
+    let cpu_after = load.server_pid.and_then(procfs::cpu_time);
+    let rss_end = load.server_pid.and_then(procfs::rss_bytes);
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
+
+    let mut latencies = Vec::new();
+    let mut errors = BTreeMap::new();
+    for worker in workers {
+        if let Ok(tally) = worker.await {
+            latencies.extend(tally.latencies_us);
+            for (code, n) in tally.errors {
+                *errors.entry(code).or_default() += n;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let requests = u64::try_from(latencies.len()).unwrap_or(u64::MAX);
+    #[allow(clippy::cast_precision_loss, reason = "a rate")]
+    let requests_per_second = requests as f64 / seconds;
+    Report {
+        scenario,
+        concurrency: load.concurrency,
+        target_rate: load.rate,
+        requests,
+        seconds,
+        requests_per_second,
+        p50_ms: percentile(&latencies, 50.0),
+        p95_ms: percentile(&latencies, 95.0),
+        p99_ms: percentile(&latencies, 99.0),
+        max_ms: latencies.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+        errors,
+        server_cpu_seconds: cpu_before
+            .zip(cpu_after)
+            .map(|(a, b)| (b.saturating_sub(a)).as_secs_f64()),
+        server_rss_start_mb: rss_start.map(mb),
+        server_rss_peak_mb: load.server_pid.map(|_| mb(peak.load(Ordering::Relaxed))),
+        server_rss_end_mb: rss_end.map(mb),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let sample: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert!((percentile(&sample, 50.0) - 50.0).abs() <= 1.0);
+        assert!((percentile(&sample, 99.0) - 99.0).abs() <= 1.0);
+        assert!((percentile(&sample, 100.0) - 100.0).abs() < f64::EPSILON);
+        assert!(percentile(&[], 99.0).abs() < f64::EPSILON);
+    }
+}

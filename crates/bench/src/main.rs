@@ -1,0 +1,94 @@
+//! `roster-bench`: Roster's benchmark.
+//!
+//! - `roster-bench suite`: seeds a dataset, runs every scenario against
+//!   Roster on SQLite and PostgreSQL, runs the baselines under the same
+//!   load, and prints a table of throughput, latency, CPU and memory with
+//!   each Roster figure as a ratio to its baseline (`--json` writes all of
+//!   it). `scripts/bench` runs it with a PostgreSQL of its own.
+//! - `roster-bench seed`: loads the dataset into a running Roster.
+//! - `roster-bench baseline`: serves one baseline (the suite starts these).
+
+mod baseline;
+mod load;
+mod procfs;
+mod seed;
+mod suite;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "roster-bench", version, about = "Roster's benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the whole benchmark.
+    Suite {
+        #[command(flatten)]
+        settings: suite::Settings,
+        /// Writes the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Creates `--users` users in a running Roster.
+    Seed {
+        /// Roster's gRPC address, e.g. `http://127.0.0.1:50051`.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Serves one baseline until killed.
+    Baseline {
+        #[arg(long, value_enum)]
+        kind: baseline::Kind,
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Rows the `select` baseline's table starts with.
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Suite { settings, json } => {
+            let results = suite::run(settings).await?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+                eprintln!("results written to {}", path.display());
+            }
+            print!("{}", suite::markdown(&results));
+            Ok(())
+        }
+        Command::Seed {
+            target,
+            users,
+            concurrency,
+        } => {
+            let endpoint = tonic::transport::Endpoint::from_shared(target)?;
+            let mut channels = Vec::new();
+            for _ in 0..4 {
+                channels.push(endpoint.connect().await?);
+            }
+            seed::seed(&channels, users, concurrency).await?;
+            Ok(())
+        }
+        Command::Baseline {
+            kind,
+            addr,
+            database_url,
+            rows,
+        } => baseline::serve(kind, addr, database_url.as_deref(), rows).await,
+    }
+}

@@ -1,0 +1,546 @@
+//! The whole benchmark in one run: on each backend, Roster (seeded with a
+//! dataset) under every scenario, then the baselines under the same load,
+//! on the same machine, one server at a time; every Roster figure is also
+//! given as a ratio to its baseline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::baseline::{self, Kind};
+use crate::load::{self, Load, Report, Scenario, Target};
+use crate::seed;
+
+/// A store Roster and the baselines run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The suite's settings.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct Settings {
+    /// The `roster` binary to measure (build it with `--release`).
+    #[arg(long, default_value = "target/release/roster")]
+    pub roster_bin: PathBuf,
+    /// An admin URL of a PostgreSQL server; a database is created per
+    /// server. Required for the postgres backend.
+    #[arg(long, env = "ROSTER_TEST_POSTGRES_URL")]
+    #[serde(skip)]
+    pub postgres_url: Option<String>,
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    pub backends: Vec<Backend>,
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub scenarios: Vec<Scenario>,
+    /// Users the dataset loader creates first.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Seconds of calls before measuring starts.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_seconds: u64,
+    /// Seconds each scenario is measured.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds the mixed workload is measured (memory growth shows over
+    /// minutes).
+    #[arg(long, default_value_t = 60)]
+    pub mixed_seconds: u64,
+}
+
+/// One measured run.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub backend: Option<Backend>,
+    /// `roster`, or the baseline: `noop`, `select`, `insert`.
+    pub server: &'static str,
+    /// What the row measured, beyond the scenario (`half_peak`).
+    pub variant: Option<&'static str>,
+    #[serde(flatten)]
+    pub report: Report,
+    /// Throughput relative to the storage baseline of the same backend
+    /// (`select` for reads, `insert` for writes).
+    pub ratio_to_storage_baseline: Option<f64>,
+    /// Throughput relative to the no-op transport baseline.
+    pub ratio_to_transport_baseline: Option<f64>,
+}
+
+/// The suite's result.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub rows: Vec<Row>,
+}
+
+/// Where it ran.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        cpu,
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        memory_gib: (kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
+}
+
+/// A server process of the suite.
+struct Server {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `count` connections, once the server accepts them.
+    async fn channels(&mut self, count: usize) -> anyhow::Result<Vec<Channel>> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))?.tcp_nodelay(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_mins(2);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("the server exited before serving: {status}");
+            }
+            match endpoint.connect().await {
+                Ok(first) => {
+                    let mut channels = vec![first];
+                    for _ in 1..count {
+                        channels.push(endpoint.connect().await?);
+                    }
+                    return Ok(channels);
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// SIGTERM, then waits.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        tokio::time::timeout(Duration::from_mins(1), self.child.wait()).await??;
+        Ok(())
+    }
+}
+
+fn spawn_roster(
+    settings: &Settings,
+    database_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Server> {
+    let addr = free_addr()?;
+    let child = tokio::process::Command::new(&settings.roster_bin)
+        .args([
+            "serve",
+            "--grpc-addr",
+            &addr.to_string(),
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("ROSTER_DATABASE_URL", database_url)
+        .env("ROSTER_DATA_DIR", dir)
+        .env("ROSTER_LOG", "warn")
+        .env("ROSTER_SHUTDOWN_GRACE", "0s")
+        // The benchmark measures throughput, not shedding.
+        .env("ROSTER_MAX_IN_FLIGHT", "100000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(Server { child, addr })
+}
+
+fn spawn_baseline(kind: Kind, database_url: Option<&str>, rows: usize) -> anyhow::Result<Server> {
+    let addr = free_addr()?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args([
+            "baseline",
+            "--addr",
+            &addr.to_string(),
+            "--rows",
+            &rows.to_string(),
+        ])
+        .arg("--kind")
+        .arg(format!("{kind:?}").to_lowercase())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    Ok(Server {
+        child: command.spawn()?,
+        addr,
+    })
+}
+
+/// A new empty database on `backend`, inside `dir` for SQLite.
+async fn new_database(
+    settings: &Settings,
+    backend: Backend,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<String> {
+    match backend {
+        Backend::Sqlite => Ok(format!(
+            "sqlite://{}",
+            dir.join(format!("{name}.db")).display()
+        )),
+        Backend::Postgres => {
+            let admin = settings.postgres_url.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the postgres backend needs --postgres-url (or ROSTER_TEST_POSTGRES_URL)"
+                )
+            })?;
+            let database = format!("roster_bench_{name}_{}", std::process::id());
+            let pool = sqlx::PgPool::connect(admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {database}"
+            )))
+            .execute(&pool)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            Ok(format!(
+                "{}/{database}",
+                admin.rsplit_once('/').map_or(admin, |(base, _)| base)
+            ))
+        }
+    }
+}
+
+/// Drops a database [`new_database`] made on PostgreSQL (SQLite files go
+/// with the suite's directory).
+async fn drop_database(settings: &Settings, url: &str) -> anyhow::Result<()> {
+    if let (Some(admin), Some((_, name))) = (settings.postgres_url.as_deref(), url.rsplit_once('/'))
+        && url.starts_with("postgres")
+    {
+        let pool = sqlx::PgPool::connect(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+    }
+    Ok(())
+}
+
+fn print_report(label: &str, report: &Report) {
+    let errors: u64 = report.errors.values().sum();
+    eprintln!(
+        "  {label:<44} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {errors}  rss {:>6.1} MB",
+        report.requests_per_second,
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms,
+        report.server_rss_peak_mb.unwrap_or(0.0),
+    );
+}
+
+impl Settings {
+    fn load(&self, scenario: Scenario, pid: Option<u32>, rate: Option<f64>) -> Load {
+        Load {
+            concurrency: self.concurrency,
+            warmup: Duration::from_secs(self.warmup_seconds),
+            duration: Duration::from_secs(if scenario == Scenario::Mixed {
+                self.mixed_seconds
+            } else {
+                self.seconds
+            }),
+            rate,
+            server_pid: pid,
+        }
+    }
+
+    fn scenarios(&self) -> Vec<Scenario> {
+        if self.scenarios.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            self.scenarios.clone()
+        }
+    }
+}
+
+/// Runs one server's scenarios.
+async fn measure(
+    settings: &Settings,
+    server: &mut Server,
+    target: Target,
+    scenarios: &[Scenario],
+    backend: Option<Backend>,
+    name: &'static str,
+    rows: &mut Vec<Row>,
+) {
+    for &scenario in scenarios {
+        let report = load::run(
+            &target,
+            scenario,
+            &settings.load(scenario, server.pid(), None),
+        )
+        .await;
+        print_report(&format!("{name} {}", scenario.name()), &report);
+        let half = (name == "roster" && scenario == Scenario::GetUser)
+            .then_some(report.requests_per_second / 2.0);
+        rows.push(Row {
+            backend,
+            server: name,
+            variant: None,
+            report,
+            ratio_to_storage_baseline: None,
+            ratio_to_transport_baseline: None,
+        });
+        // Latency at half the peak rate, where a service should run.
+        if let Some(rate) = half {
+            let report = load::run(
+                &target,
+                scenario,
+                &settings.load(scenario, server.pid(), Some(rate)),
+            )
+            .await;
+            print_report(&format!("{name} {} at half peak", scenario.name()), &report);
+            rows.push(Row {
+                backend,
+                server: name,
+                variant: Some("half_peak"),
+                report,
+                ratio_to_storage_baseline: None,
+                ratio_to_transport_baseline: None,
+            });
+        }
+    }
+}
+
+fn run_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs the suite.
+pub async fn run(settings: Settings) -> anyhow::Result<Results> {
+    let dir = std::env::temp_dir().join(format!("roster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let scenarios = settings.scenarios();
+    let mut rows = Vec::new();
+    let run = run_id();
+    // Enough search terms to spread over the dataset.
+    let queries: Arc<Vec<String>> = Arc::new(
+        (0..settings.users)
+            .step_by((settings.users / 1000).max(1))
+            .map(seed::username)
+            .collect(),
+    );
+
+    eprintln!("baseline noop (transport)");
+    let mut noop = spawn_baseline(Kind::Noop, None, 0)?;
+    let channels = noop.channels(settings.connections).await?;
+    let ids: Arc<Vec<String>> = Arc::new((0..1000).map(baseline::row_id).collect());
+    let target = Target {
+        channels,
+        ids: ids.clone(),
+        queries: queries.clone(),
+        run,
+    };
+    measure(
+        &settings,
+        &mut noop,
+        target,
+        &[Scenario::GetUser, Scenario::CreateUser],
+        None,
+        "noop",
+        &mut rows,
+    )
+    .await;
+    noop.stop().await?;
+
+    for &backend in &settings.backends {
+        let backend_dir = dir.join(format!("{backend:?}").to_lowercase());
+        std::fs::create_dir_all(&backend_dir)?;
+
+        eprintln!("{backend:?}: roster, seeding {} users", settings.users);
+        let url = new_database(&settings, backend, &backend_dir, "roster").await?;
+        let mut roster = spawn_roster(&settings, &url, &backend_dir)?;
+        let channels = roster.channels(settings.connections).await?;
+        let ids = Arc::new(seed::seed(&channels, settings.users, 64).await?);
+        let target = Target {
+            channels,
+            ids,
+            queries: queries.clone(),
+            run,
+        };
+        measure(
+            &settings,
+            &mut roster,
+            target,
+            &scenarios,
+            Some(backend),
+            "roster",
+            &mut rows,
+        )
+        .await;
+        roster.stop().await?;
+        drop_database(&settings, &url).await?;
+
+        for (kind, name, scenario) in [
+            (Kind::Select, "select", Scenario::GetUser),
+            (Kind::Insert, "insert", Scenario::CreateUser),
+        ] {
+            eprintln!("{backend:?}: baseline {name}");
+            let url = new_database(&settings, backend, &backend_dir, name).await?;
+            let mut server = spawn_baseline(kind, Some(&url), settings.users)?;
+            let channels = server.channels(settings.connections).await?;
+            let target = Target {
+                channels,
+                ids: Arc::new((0..settings.users).map(baseline::row_id).collect()),
+                queries: queries.clone(),
+                run,
+            };
+            measure(
+                &settings,
+                &mut server,
+                target,
+                &[scenario],
+                Some(backend),
+                name,
+                &mut rows,
+            )
+            .await;
+            server.stop().await?;
+            drop_database(&settings, &url).await?;
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    add_ratios(&mut rows);
+    Ok(Results {
+        machine: machine(),
+        settings,
+        rows,
+    })
+}
+
+fn add_ratios(rows: &mut [Row]) {
+    let rate = |rows: &[Row], backend: Option<Backend>, server: &str, scenario: Scenario| {
+        rows.iter()
+            .find(|r| {
+                r.backend == backend
+                    && r.server == server
+                    && r.report.scenario == scenario
+                    && r.variant.is_none()
+            })
+            .map(|r| r.report.requests_per_second)
+    };
+    let ratios: Vec<(Option<f64>, Option<f64>)> = rows
+        .iter()
+        .map(|row| {
+            if row.server != "roster" || row.variant.is_some() {
+                return (None, None);
+            }
+            let (baseline, noop_scenario) = if row.report.scenario.writes() {
+                ("insert", Scenario::CreateUser)
+            } else {
+                ("select", Scenario::GetUser)
+            };
+            let storage = rate(rows, row.backend, baseline, noop_scenario);
+            let transport = rate(rows, None, "noop", noop_scenario);
+            let of = |base: Option<f64>| {
+                base.filter(|b| *b > 0.0)
+                    .map(|b| row.report.requests_per_second / b)
+            };
+            (of(storage), of(transport))
+        })
+        .collect();
+    for (row, (storage, transport)) in rows.iter_mut().zip(ratios) {
+        row.ratio_to_storage_baseline = storage;
+        row.ratio_to_transport_baseline = transport;
+    }
+}
+
+/// The results as a Markdown table.
+pub fn markdown(results: &Results) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "| backend | server | scenario | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU s | peak RSS MB | × storage baseline | × transport baseline |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let ratio = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"));
+    for row in &results.rows {
+        let r = &row.report;
+        let scenario = match row.variant {
+            Some(v) => format!("{} ({v})", r.scenario.name()),
+            None => r.scenario.name().to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {} |",
+            row.backend
+                .map_or("–".to_owned(), |b| format!("{b:?}").to_lowercase()),
+            row.server,
+            scenario,
+            r.requests_per_second,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.errors.values().sum::<u64>(),
+            r.server_cpu_seconds.unwrap_or(0.0),
+            r.server_rss_peak_mb.unwrap_or(0.0),
+            ratio(row.ratio_to_storage_baseline),
+            ratio(row.ratio_to_transport_baseline),
+        );
+    }
+    out
+}
