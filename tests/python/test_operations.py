@@ -294,7 +294,7 @@ def test_readiness_follows_postgres_down_and_back_without_a_restart(stubs):
             client = grpc_users.UserServiceStub(channel)
             created = client.CreateUser(users.CreateUserRequest(username="before_outage")).user
             pg.stop()
-            wait_until(lambda: http_get(server, "/readyz")[0] == 503, 15, "readiness to fail")
+            wait_until(lambda: http_get(server, "/readyz")[0] == 503, 30, "readiness to fail")
             assert health(channel) == 2
             assert health(channel, "liveness") == 1
             # Calls fail fast and typed, not hang.

@@ -118,7 +118,7 @@ pub struct Report {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Failed calls by gRPC code.
+    /// Failed calls by gRPC code (not counted in `requests` or latencies).
     pub errors: BTreeMap<String, u64>,
     /// Server CPU time over the measured window.
     pub server_cpu_seconds: Option<f64>,
@@ -334,10 +334,16 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
                 };
                 let outcome = worker.call(scenario).await;
                 if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-                    let us = u32::try_from(scheduled.elapsed().as_micros()).unwrap_or(u32::MAX);
-                    tally.latencies_us.push(us);
-                    if let Err(code) = outcome {
-                        *tally.errors.entry(format!("{code:?}")).or_default() += 1;
+                    // Throughput and latency count successful calls only.
+                    match outcome {
+                        Ok(()) => {
+                            let us =
+                                u32::try_from(scheduled.elapsed().as_micros()).unwrap_or(u32::MAX);
+                            tally.latencies_us.push(us);
+                        }
+                        Err(code) => {
+                            *tally.errors.entry(format!("{code:?}")).or_default() += 1;
+                        }
                     }
                 }
             }

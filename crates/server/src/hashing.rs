@@ -89,15 +89,22 @@ impl Hasher {
         self.queued.fetch_add(1, Ordering::Relaxed);
         let _queued = Queued(&self.queued);
         let span = tracing::info_span!("password", otel.name = name);
-        let _permit = self
+        // The permit travels with the job, so a hash whose caller hung up
+        // still holds its slot until it ends; a job whose caller is gone
+        // before it starts is skipped.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::Internal("hashing pool closed"))?;
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                let _ = done.send(span.in_scope(work));
+                let _permit = permit;
+                if !done.is_closed() {
+                    let _ = done.send(span.in_scope(work));
+                }
             }))
             .map_err(|_| ApiError::Internal("hashing threads stopped"))?;
         result

@@ -81,12 +81,13 @@ pub struct Upload {
 impl Images {
     /// Images in `store` under `root`, linked from `public_url`.
     pub fn new(store: Arc<dyn ObjectStore>, root: ObjectPath, public_url: &str) -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {
             store,
             root,
             public_url: public_url.trim_end_matches('/').to_owned(),
-            decoding: Arc::new(Semaphore::new(parallelism.div_ceil(2))),
+            // One decode at a time: each may take up to MAX_DECODE_BYTES,
+            // plus a copy when EXIF orientation rotates it.
+            decoding: Arc::new(Semaphore::new(1)),
             uploads: Arc::new(Semaphore::new(MAX_CONCURRENT_UPLOADS)),
         }
     }
@@ -133,8 +134,8 @@ impl Images {
         self.root.clone().join(image.file_name())
     }
 
-    /// Checks and re-encodes an upload off the async threads, at most a few
-    /// at a time.
+    /// Checks and re-encodes an upload off the async threads, one at a
+    /// time.
     pub async fn reencode(&self, bytes: Vec<u8>) -> Result<(ImageFormat, Vec<u8>), ApiError> {
         let _permit = self
             .decoding
@@ -188,31 +189,38 @@ impl Images {
             format,
         };
         self.put(&image, encoded).await?;
-        let mut replaced = None;
-        let new = image.clone();
-        let updated = state
-            .users
-            .update_user(
-                user_id,
-                Box::new(|record: &mut UserRecord| {
-                    replaced = record.user.set_image(new, now);
-                    Ok(())
-                }),
-            )
-            .await;
-        match updated {
-            Ok(user) => {
-                if let Some(old) = replaced {
-                    self.remove(&old).await;
+        // From here on the work runs in a task of its own, so a caller who
+        // hangs up cannot leave the new object (or the replaced one)
+        // behind.
+        let (images, state, user_id) = (self.clone(), state.clone(), user_id.clone());
+        tokio::spawn(async move {
+            let mut replaced = None;
+            let new = image.clone();
+            let updated = state
+                .users
+                .update_user(
+                    &user_id,
+                    Box::new(|record: &mut UserRecord| {
+                        replaced = record.user.set_image(new, now);
+                        Ok(())
+                    }),
+                )
+                .await;
+            match updated {
+                Ok(user) => {
+                    if let Some(old) = replaced {
+                        images.remove(&old).await;
+                    }
+                    tracing::info!(user_id = %user.id, image = %image.id, "profile image set");
+                    Ok(user)
                 }
-                tracing::info!(user_id = %user.id, image = %image.id, "profile image set");
-                Ok(user)
+                Err(e) => {
+                    images.remove(&image).await;
+                    Err(e.into())
+                }
             }
-            Err(e) => {
-                self.remove(&image).await;
-                Err(e.into())
-            }
-        }
+        })
+        .await?
     }
 
     /// Removes the user's profile image, if any, and its object.

@@ -273,6 +273,7 @@ pub async fn run(
 
     let readiness = state.readiness.clone();
     let grace = options.shutdown_grace;
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain = async move {
         shutdown.await;
         // Health flips first, and new calls are still served for the grace
@@ -282,6 +283,18 @@ pub async fn run(
         tracing::info!(grace = ?grace, "shutting down: NOT_SERVING, waiting out the grace period");
         tokio::time::sleep(grace).await;
         tracing::info!("shutting down: draining in-flight calls");
+        let _ = draining.send(());
+    };
+    // Calls are bounded by the request timeout, but streams that never end
+    // (a health Watch) would hold the drain open: past the timeout and a
+    // margin, whatever is left is cut off.
+    let drain_limit = options.request_timeout + Duration::from_secs(5);
+    let deadline = async move {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(drain_limit).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     };
     let layer = rpc::RpcLayer::new(
         state.metrics.clone(),
@@ -313,7 +326,7 @@ pub async fn run(
     });
 
     tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving gRPC");
-    transport(&options)
+    let server = transport(&options)
         // Per call: its span (continuing the caller's traceparent), its
         // metrics, and the refusals (database down, too many in flight)
         // that answer at once instead of queueing.
@@ -332,8 +345,11 @@ pub async fn run(
         .add_service(sign_ups)
         // The Frontend API's signed-in calls: a session token.
         .add_service(InterceptedService::new(accounts, session_auth))
-        .serve_with_incoming_shutdown(incoming(listener), drain)
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener), drain);
+    tokio::select! {
+        result = server => result?,
+        () = deadline => tracing::warn!(limit = ?drain_limit, "drain deadline passed; closing the calls still open"),
+    }
     refresher.abort();
     watcher.abort();
     mirror.abort();

@@ -59,6 +59,9 @@ pub struct Metrics {
     pool_wait: Counter<f64, AtomicU64>,
     hashes: Family<StateLabels, Gauge>,
     ready: Gauge,
+    /// One scrape at a time: the pool counters advance by the difference
+    /// from their last value.
+    scraping: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,7 @@ impl Default for Metrics {
             pool_wait: Counter::default(),
             hashes: Family::default(),
             ready: Gauge::default(),
+            scraping: std::sync::Mutex::new(()),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -135,6 +139,10 @@ impl Metrics {
     /// The metrics in the OpenMetrics text format, with the gauges read
     /// from `state` now.
     pub fn render(&self, state: &AppState) -> String {
+        let _one_at_a_time = self
+            .scraping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(pool) = state.users.pool_stats() {
             let gauge = |state| {
                 self.pool_connections

@@ -49,8 +49,9 @@ struct Shared {
     readiness: Arc<Readiness>,
     /// One permit per call allowed in flight.
     slots: Arc<Semaphore>,
-    /// Services whose names label metrics; others are `unknown`, so junk
-    /// paths cannot grow the label set.
+    /// Services whose names label metrics; others are `unknown`, and so
+    /// are methods that answer UNIMPLEMENTED, so junk paths cannot grow
+    /// the label set.
     services: Vec<&'static str>,
 }
 
@@ -151,6 +152,11 @@ impl Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let code = self.code.unwrap_or(Code::Cancelled);
+        // A method the service does not have: one label for all of them,
+        // so junk paths cannot grow the label set.
+        if code == Code::Unimplemented {
+            "unknown".clone_into(&mut self.method);
+        }
         let metrics = &self.shared.metrics;
         metrics.in_flight.dec();
         metrics
