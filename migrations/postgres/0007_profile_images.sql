@@ -1,3 +1,4 @@
--- The profile image's file name in the object store (`img_….png`); the
--- existing has_image column stays, written as `image IS NOT NULL`.
+-- The profile image's file name in the object store (`img_….png`). It
+-- replaces has_image, which is derived from it.
 ALTER TABLE users ADD COLUMN image TEXT;
+ALTER TABLE users DROP COLUMN has_image;

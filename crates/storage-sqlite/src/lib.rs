@@ -310,13 +310,10 @@ impl SqlDatabase for SqliteStore {
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {
-        let (acquires, acquire_wait_seconds) = self.acquire_times.totals();
-        roster_storage::PoolStats {
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-            max: self.pool.options().get_max_connections(),
-            acquires,
-            acquire_wait_seconds,
-        }
+        self.acquire_times.stats(
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
     }
 }

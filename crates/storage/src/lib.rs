@@ -96,12 +96,19 @@ impl AcquireTimes {
         out
     }
 
-    /// (acquisitions, seconds waited) so far.
-    pub fn totals(&self) -> (u64, f64) {
+    /// A pool's state: its `size`, `idle` and `max` connections, and the
+    /// acquisitions counted here.
+    pub fn stats(&self, size: u32, idle: usize, max: u32) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
         #[allow(clippy::cast_precision_loss, reason = "metrics tolerate rounding")]
-        let seconds = self.wait_micros.load(Relaxed) as f64 / 1e6;
-        (self.acquires.load(Relaxed), seconds)
+        let acquire_wait_seconds = self.wait_micros.load(Relaxed) as f64 / 1e6;
+        PoolStats {
+            size,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            max,
+            acquires: self.acquires.load(Relaxed),
+            acquire_wait_seconds,
+        }
     }
 }
 

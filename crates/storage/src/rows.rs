@@ -249,7 +249,6 @@ impl UserRow {
             Bind::Json(self.unsafe_metadata.clone()),
             Bind::Bool(self.banned),
             Bind::Bool(self.locked),
-            Bind::Bool(self.image.is_some()),
             opt_text(self.image.as_ref()),
             Bind::Int(self.created_at),
             Bind::Int(self.updated_at),

@@ -51,7 +51,7 @@ pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, 
      u.code_window_start, u.code_window_sends, u.failed_sign_ins, u.locked_until";
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order.
-pub const USER_WRITE_COLUMNS: [&str; 26] = [
+pub const USER_WRITE_COLUMNS: [&str; 25] = [
     "id",
     "external_id",
     "first_name",
@@ -68,7 +68,6 @@ pub const USER_WRITE_COLUMNS: [&str; 26] = [
     "unsafe_metadata",
     "banned",
     "locked",
-    "has_image",
     "image",
     "created_at",
     "updated_at",
