@@ -5,7 +5,8 @@
 //!   load, and prints a table of throughput, latency, CPU and memory with
 //!   each Roster figure as a ratio to its baseline (`--json` writes all of
 //!   it). `scripts/bench` runs it with a PostgreSQL of its own.
-//! - `roster-bench seed`: loads the dataset into a running Roster.
+//! - `roster-bench seed`: loads the dataset into a database, or creates
+//!   it through a running Roster.
 //! - `roster-bench baseline`: serves one baseline (the suite starts these).
 
 mod baseline;
@@ -35,8 +36,13 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Creates `--users` users in a running Roster.
+    /// Creates `--users` users: written straight into `--database-url`
+    /// in bulk, or else through a running Roster at `--target`.
     Seed {
+        /// Roster's database (`sqlite:…` or `postgres://…`), migrated
+        /// first if need be.
+        #[arg(long, conflicts_with = "target")]
+        database_url: Option<String>,
         /// Roster's gRPC address, e.g. `http://127.0.0.1:50051`.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         target: String,
@@ -72,6 +78,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Seed {
+            database_url: Some(url),
+            users,
+            ..
+        } => {
+            seed::load(&url, users).await?;
+            Ok(())
+        }
+        Command::Seed {
+            database_url: None,
             target,
             users,
             concurrency,

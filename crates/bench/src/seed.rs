@@ -1,13 +1,18 @@
 //! The dataset loader: users with one to three email addresses, one or two
-//! phone numbers, names and public metadata, created through the API (so
-//! they are exactly what Roster itself writes) by many concurrent callers.
+//! phone numbers, names and public metadata. [`load`] writes them straight
+//! into a database in bulk, through the same request conversion and domain
+//! rules as CreateUser and the store's bulk insert; [`seed`] creates them
+//! through a running Roster's API.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use roster_domain::{Clock, SystemClock, Timestamp, User, UserRecord};
+use roster_proto::convert;
 use roster_proto::v1::CreateUserRequest;
 use roster_proto::v1::user_service_client::UserServiceClient;
+use roster_server::database::Database;
 use tonic::transport::Channel;
 
 const FIRST: [&str; 8] = [
@@ -59,6 +64,62 @@ fn request(i: usize) -> CreateUserRequest {
         }),
         ..Default::default()
     }
+}
+
+/// Users the loader writes per transaction.
+const BATCH: usize = 2_000;
+
+/// The record CreateUser would store for `request(i)`, created `at`.
+fn record(i: usize, at: Timestamp) -> anyhow::Result<UserRecord> {
+    let (new, _) =
+        convert::create_user(request(i)).map_err(|e| anyhow::anyhow!("user {i}: {e}"))?;
+    let user = User::create(new, at).map_err(|e| anyhow::anyhow!("user {i}: {e}"))?;
+    Ok(UserRecord::new(user, None))
+}
+
+/// Writes users `0..count` into the database at `url` (migrating it first)
+/// and returns their ids. Records are built on a thread of their own while
+/// the previous batch is written; user `i` is created `count - i`
+/// milliseconds ago, so creation order is load order.
+pub async fn load(url: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let database = Database::open(url).await?;
+    database.migrate().await?;
+    let store = database.users();
+    let started = Instant::now();
+    let first = SystemClock.now().plus_millis(-i64::try_from(count)?);
+    let (batches, mut incoming) = tokio::sync::mpsc::channel::<anyhow::Result<Vec<UserRecord>>>(2);
+    let builder = std::thread::spawn(move || {
+        for start in (0..count).step_by(BATCH) {
+            let batch = (start..count.min(start + BATCH))
+                .map(|i| record(i, first.plus_millis(i64::try_from(i)?)))
+                .collect();
+            if batches.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ids = Vec::with_capacity(count);
+    while let Some(batch) = incoming.recv().await {
+        let batch = batch?;
+        store.insert_users(&batch).await?;
+        ids.extend(batch.iter().map(|r| r.user.id.to_string()));
+        if ids.len() % 100_000 < BATCH {
+            eprintln!(
+                "  loaded {}/{count} users in {:.0}s",
+                ids.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    builder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the record builder panicked"))?;
+    database.close().await;
+    eprintln!(
+        "  loaded {count} users in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ids)
 }
 
 /// Creates users `0..count` and returns their ids.

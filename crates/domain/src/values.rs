@@ -155,6 +155,18 @@ impl Phone {
             number.format().mode(phonenumber::Mode::E164).to_string(),
         ))
     }
+
+    /// A number read back from storage, which holds only what [`parse`]
+    /// produced. Checked for E.164's shape (`+` and 4 to 15 digits) but not
+    /// against the numbering plan again: that check costs more than the
+    /// rest of reading a user.
+    ///
+    /// [`parse`]: Self::parse
+    pub fn from_stored(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix('+')?;
+        ((4..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self(text.to_owned()))
+    }
 }
 
 /// A username: 4-64 ASCII letters, digits, `_`, `-` or `.`. It can never
@@ -314,6 +326,22 @@ mod tests {
         assert!(Phone::parse("4155550101").is_err());
         assert!(Phone::parse("+1 123").is_err());
         assert!(Phone::parse("+999 1234567").is_err());
+    }
+
+    #[test]
+    fn stored_phones_are_read_back_by_shape() {
+        let parsed = Phone::parse("+44 20 7946 0958").unwrap();
+        assert_eq!(Phone::from_stored(parsed.as_str()), Some(parsed));
+        for corrupt in [
+            "",
+            "+",
+            "442079460958",
+            "+44 20",
+            "+1234567890123456",
+            "+12a4567",
+        ] {
+            assert_eq!(Phone::from_stored(corrupt), None, "{corrupt:?}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use roster_storage::StorageError;
 use roster_storage::exec::{SqlConn, SqlDatabase, SqlTransaction};
-use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
+use roster_storage::rows::{StoredUser, UserRow};
 use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::{Bind, Dialect, Statement};
 use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
@@ -33,6 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 pub struct PostgresStore {
     pool: PgPool,
     acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
+    search_stats: std::sync::Arc<roster_storage::search::SearchStats>,
 }
 
 /// Pool settings.
@@ -105,19 +106,6 @@ fn arguments(binds: Vec<Bind>) -> PgArguments {
     args
 }
 
-fn verification(row: &PgRow, first: usize) -> Result<VerificationColumns, sqlx::Error> {
-    Ok(VerificationColumns {
-        status: row.try_get(first)?,
-        strategy: row.try_get(first + 1)?,
-        attempts: row.try_get(first + 2)?,
-        expire_at: row.try_get(first + 3)?,
-        code_hash: row.try_get(first + 4)?,
-        sent_at: row.try_get(first + 5)?,
-        window_start: row.try_get(first + 6)?,
-        window_sends: row.try_get(first + 7)?,
-    })
-}
-
 fn values(row: &PgRow, types: &[ColumnType]) -> Result<Vec<Value>, sqlx::Error> {
     types
         .iter()
@@ -159,30 +147,6 @@ fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
     })
 }
 
-fn email_row(row: &PgRow) -> Result<EmailRow, sqlx::Error> {
-    Ok(EmailRow {
-        id: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        email_address: row.try_get(2)?,
-        verification: verification(row, 3)?,
-        created_at: row.try_get(11)?,
-        updated_at: row.try_get(12)?,
-    })
-}
-
-fn phone_row(row: &PgRow) -> Result<PhoneRow, sqlx::Error> {
-    Ok(PhoneRow {
-        id: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        phone_number: row.try_get(2)?,
-        verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(11)?,
-        default_second_factor: row.try_get(12)?,
-        created_at: row.try_get(13)?,
-        updated_at: row.try_get(14)?,
-    })
-}
-
 /// A PostgreSQL connection or transaction, as [`SqlConn`].
 struct Conn<C>(C);
 
@@ -217,16 +181,15 @@ impl<C: DerefMut<Target = PgConnection> + Send> SqlConn for Conn<C> {
         Ok(result.rows_affected())
     }
 
-    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<UserRow>, StorageError> {
-        self.fetch(statement, user_row).await
-    }
-
-    async fn fetch_emails(&mut self, statement: Statement) -> Result<Vec<EmailRow>, StorageError> {
-        self.fetch(statement, email_row).await
-    }
-
-    async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError> {
-        self.fetch(statement, phone_row).await
+    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<StoredUser>, StorageError> {
+        self.fetch(statement, |row| {
+            Ok(StoredUser {
+                row: user_row(row)?,
+                emails: row.try_get(22)?,
+                phones: row.try_get(23)?,
+            })
+        })
+        .await
     }
 
     async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError> {
@@ -271,6 +234,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             acquire_times: std::sync::Arc::default(),
+            search_stats: std::sync::Arc::default(),
         })
     }
 
@@ -306,6 +270,10 @@ impl SqlDatabase for PostgresStore {
                 .await
                 .map_err(map_error)?,
         )))
+    }
+
+    fn search_stats(&self) -> &roster_storage::search::SearchStats {
+        &self.search_stats
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {

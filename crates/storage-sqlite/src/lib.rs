@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use roster_storage::StorageError;
 use roster_storage::exec::{SqlConn, SqlDatabase, SqlTransaction};
-use roster_storage::rows::{EmailRow, PhoneRow, UserRow, VerificationColumns};
+use roster_storage::rows::{StoredUser, UserRow};
 use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::{Bind, Dialect, Statement};
 use sqlx::sqlite::{
@@ -37,6 +37,7 @@ pub struct SqliteStore {
     /// process queue for it here.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
+    search_stats: std::sync::Arc<roster_storage::search::SearchStats>,
 }
 
 fn map_error(error: sqlx::Error) -> StorageError {
@@ -87,19 +88,6 @@ fn arguments(binds: Vec<Bind>) -> SqliteArguments {
     args
 }
 
-fn verification(row: &SqliteRow, first: usize) -> Result<VerificationColumns, sqlx::Error> {
-    Ok(VerificationColumns {
-        status: row.try_get(first)?,
-        strategy: row.try_get(first + 1)?,
-        attempts: row.try_get(first + 2)?,
-        expire_at: row.try_get(first + 3)?,
-        code_hash: row.try_get(first + 4)?,
-        sent_at: row.try_get(first + 5)?,
-        window_start: row.try_get(first + 6)?,
-        window_sends: row.try_get(first + 7)?,
-    })
-}
-
 fn values(row: &SqliteRow, types: &[ColumnType]) -> Result<Vec<Value>, sqlx::Error> {
     types
         .iter()
@@ -141,30 +129,6 @@ fn user_row(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
     })
 }
 
-fn email_row(row: &SqliteRow) -> Result<EmailRow, sqlx::Error> {
-    Ok(EmailRow {
-        id: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        email_address: row.try_get(2)?,
-        verification: verification(row, 3)?,
-        created_at: row.try_get(11)?,
-        updated_at: row.try_get(12)?,
-    })
-}
-
-fn phone_row(row: &SqliteRow) -> Result<PhoneRow, sqlx::Error> {
-    Ok(PhoneRow {
-        id: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        phone_number: row.try_get(2)?,
-        verification: verification(row, 3)?,
-        reserved_for_second_factor: row.try_get(11)?,
-        default_second_factor: row.try_get(12)?,
-        created_at: row.try_get(13)?,
-        updated_at: row.try_get(14)?,
-    })
-}
-
 /// A SQLite connection or transaction, as [`SqlConn`].
 /// A connection, and for a write transaction the writer's turn (see
 /// [`SqliteStore`]'s `writer`), released after the transaction ends.
@@ -201,16 +165,15 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> SqlConn for Conn<C> {
         Ok(result.rows_affected())
     }
 
-    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<UserRow>, StorageError> {
-        self.fetch(statement, user_row).await
-    }
-
-    async fn fetch_emails(&mut self, statement: Statement) -> Result<Vec<EmailRow>, StorageError> {
-        self.fetch(statement, email_row).await
-    }
-
-    async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError> {
-        self.fetch(statement, phone_row).await
+    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<StoredUser>, StorageError> {
+        self.fetch(statement, |row| {
+            Ok(StoredUser {
+                row: user_row(row)?,
+                emails: row.try_get(22)?,
+                phones: row.try_get(23)?,
+            })
+        })
+        .await
     }
 
     async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError> {
@@ -267,6 +230,7 @@ impl SqliteStore {
             pool,
             writer: std::sync::Arc::default(),
             acquire_times: std::sync::Arc::default(),
+            search_stats: std::sync::Arc::default(),
         })
     }
 
@@ -307,6 +271,10 @@ impl SqlDatabase for SqliteStore {
             .await
             .map_err(map_error)?;
         Ok(Box::new(Conn(transaction, Some(turn))))
+    }
+
+    fn search_stats(&self) -> &roster_storage::search::SearchStats {
+        &self.search_stats
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {

@@ -3,17 +3,21 @@
 //! A backend implements [`SqlConn`] for its connections (binding
 //! [`crate::sql::Bind`] values and decoding rows) and [`SqlDatabase`]
 //! (opening connections and write transactions); the blanket
-//! `impl UserStore for D: SqlDatabase` here does the rest: loading records
-//! without N+1 queries, inserting users, applying mutations inside one
+//! `impl UserStore for D: SqlDatabase` here does the rest: loading whole
+//! users in one query, inserting users, applying mutations inside one
 //! locked transaction and writing back only what changed.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use roster_domain::{
-    Channel, DomainError, EmailAddress, IdentificationId, PhoneNumber, User, UserId, UserRecord,
+    Channel, DomainError, EmailAddress, IdentificationId, IdentifierChange, PhoneNumber, User,
+    UserId, UserRecord,
 };
 
 use crate::query::ListQuery;
-use crate::rows::{self, EMAIL_COLUMNS, EmailRow, PHONE_COLUMNS, PhoneRow, UserRow};
+use crate::rows::{EmailRow, PhoneRow, StoredUser, UserRow};
+use crate::search::{self, SearchStats, TrigramSample};
 use crate::sessions::{ColumnType, Value};
 use crate::sql::{
     self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement,
@@ -28,12 +32,8 @@ pub trait SqlConn: Send {
     fn dialect(&self) -> Dialect;
     /// Runs a statement; returns the number of rows affected.
     async fn execute(&mut self, statement: Statement) -> Result<u64, StorageError>;
-    /// Runs a `SELECT` of [`crate::sql::USER_COLUMNS`].
-    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<UserRow>, StorageError>;
-    /// Runs a `SELECT` of [`EMAIL_COLUMNS`].
-    async fn fetch_emails(&mut self, statement: Statement) -> Result<Vec<EmailRow>, StorageError>;
-    /// Runs a `SELECT` of [`PHONE_COLUMNS`].
-    async fn fetch_phones(&mut self, statement: Statement) -> Result<Vec<PhoneRow>, StorageError>;
+    /// Runs a `SELECT` of [`crate::sql::user_columns`].
+    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<StoredUser>, StorageError>;
     /// Runs a `SELECT` of one text column.
     async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError>;
     /// Runs a `SELECT count(*)`.
@@ -62,59 +62,113 @@ pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError>;
     /// The connection pool's state, for metrics.
     fn pool_stats(&self) -> crate::PoolStats;
+    /// What the store knows of its search texts' trigrams.
+    fn search_stats(&self) -> &SearchStats;
 }
 
-/// Loads full records for user rows: two more queries however many users.
-async fn load_records(
-    conn: &mut dyn SqlConn,
-    user_rows: Vec<UserRow>,
-) -> Result<Vec<UserRecord>, StorageError> {
-    if user_rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let dialect = conn.dialect();
-    let ids: Vec<&str> = user_rows.iter().map(|u| u.id.as_str()).collect();
-    let emails = conn
-        .fetch_emails(sql::identifiers_of(
-            "email_addresses",
-            EMAIL_COLUMNS,
-            &ids,
-            dialect,
-        ))
-        .await?;
-    let phones = conn
-        .fetch_phones(sql::identifiers_of(
-            "phone_numbers",
-            PHONE_COLUMNS,
-            &ids,
-            dialect,
-        ))
-        .await?;
-    rows::assemble(user_rows, emails, phones)
+/// Turns users read with [`sql::user_columns`] into records.
+fn into_records(users: Vec<StoredUser>) -> Result<Vec<UserRecord>, StorageError> {
+    users.into_iter().map(StoredUser::into_record).collect()
 }
 
 /// Loads one record; `lock` takes a row lock where the dialect has them.
+/// The lock comes first, in a statement of its own: a statement that waited
+/// for a lock still reads what its snapshot, taken before the wait, shows
+/// (PostgreSQL re-reads only the locked row), so the identifiers must be
+/// read by a statement that starts once the lock is held.
 async fn load_record(
     conn: &mut dyn SqlConn,
     id: &UserId,
     lock: bool,
 ) -> Result<Option<UserRecord>, StorageError> {
+    let dialect = conn.dialect();
+    if lock
+        && let Some(statement) = sql::lock_user(id.as_str(), dialect)
+        && conn.fetch_texts(statement).await?.is_empty()
+    {
+        return Ok(None);
+    }
     let users = conn
-        .fetch_users(sql::user_by_id(id.as_str(), lock, conn.dialect()))
+        .fetch_users(sql::user_by_id(id.as_str(), dialect))
         .await?;
-    Ok(load_records(conn, users).await?.pop())
+    Ok(into_records(users)?.pop())
 }
 
-/// Loads a page of users.
-async fn list_users(conn: &mut dyn SqlConn, query: &ListQuery) -> Result<Vec<User>, StorageError> {
+/// Users looked at before a `query` filter's trigram index: enough to
+/// find a page among them when one user in ten matches.
+const QUERY_WINDOW: usize = 250;
+
+/// Loads a page of users. A `query` filter is tried on the first
+/// [`QUERY_WINDOW`] users in order first (a page found there is the
+/// page), then answered from the trigram index.
+async fn list_users(
+    conn: &mut dyn SqlConn,
+    stats: &SearchStats,
+    query: &ListQuery,
+) -> Result<Vec<User>, StorageError> {
+    let dialect = conn.dialect();
+    if query.filter.query.is_some() {
+        let users = conn
+            .fetch_users(sql::list_users_in_window(query, QUERY_WINDOW, dialect))
+            .await?;
+        if users.len() >= query.limit {
+            return Ok(into_records(users)?.into_iter().map(|r| r.user).collect());
+        }
+    }
+    let trigrams = search_trigrams(conn, stats, &query.filter).await?;
     let users = conn
-        .fetch_users(sql::list_users(query, conn.dialect()))
+        .fetch_users(sql::list_users(query, &trigrams, dialect))
         .await?;
-    Ok(load_records(conn, users)
-        .await?
+    Ok(into_records(users)?.into_iter().map(|r| r.user).collect())
+}
+
+/// The trigrams the index looks up for the `query` filter: the rarest of
+/// the query's (see [`crate::search`]), by a sample of users taken now and
+/// then.
+async fn search_trigrams(
+    conn: &mut dyn SqlConn,
+    stats: &SearchStats,
+    filter: &UserFilter,
+) -> Result<Vec<String>, StorageError> {
+    let Some(query) = &filter.query else {
+        return Ok(Vec::new());
+    };
+    let sample = match stats.fresh() {
+        Some(sample) => sample,
+        None => stats.store(take_sample(conn).await?),
+    };
+    Ok(sample.rarest(query))
+}
+
+/// Search texts of users spread over the creation-time range: the users
+/// created at or after each of [`search::SAMPLE_POINTS`] evenly spaced
+/// times, [`search::SAMPLE_USERS_PER_POINT`] from each.
+async fn take_sample(conn: &mut dyn SqlConn) -> Result<TrigramSample, StorageError> {
+    let dialect = conn.dialect();
+    let bounds = conn
+        .fetch_values(sql::creation_range(), &[ColumnType::Int; 2])
+        .await?;
+    let Some([Value::Int(Some(first)), Value::Int(Some(last))]) = bounds
         .into_iter()
-        .map(|r| r.user)
-        .collect())
+        .next()
+        .and_then(|r| <[Value; 2]>::try_from(r).ok())
+    else {
+        return Ok(TrigramSample::default());
+    };
+    let mut texts = Vec::new();
+    let points = i64::try_from(search::SAMPLE_POINTS).unwrap_or(1);
+    for k in 0..points {
+        let at = first + (last - first) / points * k;
+        texts.extend(
+            conn.fetch_texts(sql::search_texts_from(
+                at,
+                search::SAMPLE_USERS_PER_POINT,
+                dialect,
+            ))
+            .await?,
+        );
+    }
+    Ok(TrigramSample::new(texts.iter().map(String::as_str)))
 }
 
 /// Makes one identifier table hold `new` where it held `old`: deletes,
@@ -138,8 +192,9 @@ async fn sync_rows<T: Identified + Sync>(
         conn.execute(sql::update_by_id(table, columns, binds(row), dialect))
             .await?;
     }
-    for row in diff.added {
-        conn.execute(sql::insert(table, columns, binds(row), dialect))
+    if !diff.added.is_empty() {
+        let rows = diff.added.into_iter().map(binds);
+        conn.execute(sql::insert_rows(table, columns, rows, dialect))
             .await?;
     }
     Ok(())
@@ -193,40 +248,63 @@ async fn settle_uniqueness(
     user: &User,
     before: Option<&User>,
 ) -> Result<(), StorageError> {
-    for change in user.identifier_changes(before) {
-        let (table, column, field) = match change.channel {
-            Channel::Email => ("email_addresses", "email_normalized", "email_address"),
-            Channel::Phone => ("phone_numbers", "phone_number", "phone_number"),
+    let changes = user.identifier_changes(before);
+    let Some(statement) = sql::identifier_holders(&changes, user.id.as_str(), conn.dialect())
+    else {
+        return Ok(());
+    };
+    let holders = conn
+        .fetch_values(statement, &[ColumnType::Text; 4])
+        .await?
+        .into_iter()
+        .map(|row| match <[Value; 4]>::try_from(row) {
+            Ok(
+                [
+                    Value::Text(Some(channel)),
+                    Value::Text(Some(normalized)),
+                    Value::Text(Some(holder)),
+                    Value::Text(Some(status)),
+                ],
+            ) => Ok((channel, normalized, holder, status)),
+            _ => Err(StorageError::internal("identifier holder row is malformed")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for change in changes {
+        let (channel_name, field) = match change.channel {
+            Channel::Email => ("email", "email_address"),
+            Channel::Phone => ("phone", "phone_number"),
         };
-        let holders = conn
-            .fetch_texts(sql::identifier_holders(
-                table,
-                column,
-                &change.normalized,
-                user.id.as_str(),
-                !change.verified,
-                conn.dialect(),
-            ))
-            .await?;
+        let conflict = || StorageError::Conflict {
+            field: field.to_owned(),
+        };
+        // Holders of the other verification state than the change's:
+        // verified ones refuse an unverified change; unverified ones give
+        // way to a verified change.
+        let opposite = holders.iter().filter(|(channel, normalized, _, status)| {
+            channel == channel_name
+                && *normalized == change.normalized
+                && (status == "verified") != change.verified
+        });
         if !change.verified {
-            if !holders.is_empty() {
-                return Err(StorageError::Conflict {
-                    field: field.to_owned(),
-                });
+            if opposite.clone().next().is_some() {
+                return Err(conflict());
             }
             continue;
         }
-        for holder in holders {
-            let holder = stored_user_id(&holder)?;
+        let mut released: Vec<&str> = Vec::new();
+        for (_, _, holder, _) in opposite {
+            if released.contains(&holder.as_str()) {
+                continue;
+            }
+            released.push(holder);
+            let holder = stored_user_id(holder)?;
             // A holder verifying the same identifier right now waits for
             // this user's lock while this waits for its: PostgreSQL breaks
             // the deadlock by aborting one, and that one lost the race.
             let loaded = load_record(conn, &holder, true)
                 .await
                 .map_err(|e| match e {
-                    StorageError::Aborted(_) => StorageError::Conflict {
-                        field: field.to_owned(),
-                    },
+                    StorageError::Aborted(_) => conflict(),
                     other => other,
                 })?;
             let Some(mut record) = loaded else {
@@ -260,6 +338,111 @@ pub(crate) async fn insert_user(
     ))
     .await?;
     sync_identifiers(conn, user, &[], &[]).await
+}
+
+/// Most values bound in one statement: under SQLite's limit (32 766) and
+/// PostgreSQL's (65 535).
+const MAX_BINDS: usize = 30_000;
+
+/// `INSERT`s of `rows`, as few statements as the bind limit allows.
+async fn insert_chunked(
+    conn: &mut dyn SqlConn,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Bind>>,
+) -> Result<(), StorageError> {
+    let dialect = conn.dialect();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(MAX_BINDS / columns.len()).collect();
+        conn.execute(sql::insert_rows(table, columns, chunk, dialect))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts new users in bulk (see [`UserStore::insert_users`]).
+async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<(), StorageError> {
+    let conflict = |channel: Channel| StorageError::Conflict {
+        field: match channel {
+            Channel::Email => "email_address",
+            Channel::Phone => "phone_number",
+        }
+        .to_owned(),
+    };
+    // Within the batch: an identifier verified once and held by no other.
+    let mut claims: HashMap<(bool, &str), (&UserId, bool)> = HashMap::new();
+    let changes: Vec<(&UserId, IdentifierChange)> = records
+        .iter()
+        .flat_map(|r| {
+            r.user
+                .identifier_changes(None)
+                .into_iter()
+                .map(|c| (&r.user.id, c))
+        })
+        .collect();
+    for (owner, change) in &changes {
+        let key = (change.channel == Channel::Email, change.normalized.as_str());
+        if let Some((other, verified)) = claims.insert(key, (owner, change.verified))
+            && other != *owner
+            && (verified || change.verified)
+        {
+            return Err(conflict(change.channel));
+        }
+    }
+    // Against the store: any holder of a verified identifier of the batch,
+    // and verified holders of its unverified ones.
+    let all: Vec<IdentifierChange> = changes.iter().map(|(_, c)| c.clone()).collect();
+    for chunk in all.chunks(MAX_BINDS / 2) {
+        let Some(statement) = sql::identifier_holders(chunk, "", conn.dialect()) else {
+            continue;
+        };
+        for row in conn.fetch_values(statement, &[ColumnType::Text; 4]).await? {
+            let (channel, normalized, verified) = match row.as_slice() {
+                [
+                    Value::Text(Some(channel)),
+                    Value::Text(Some(normalized)),
+                    _,
+                    Value::Text(Some(status)),
+                ] => (channel.as_str(), normalized.as_str(), status == "verified"),
+                _ => return Err(StorageError::internal("identifier holder row is malformed")),
+            };
+            let channel = if channel == "email" {
+                Channel::Email
+            } else {
+                Channel::Phone
+            };
+            let ours = claims.get(&(channel == Channel::Email, normalized));
+            if verified || ours.is_some_and(|(_, v)| *v) {
+                return Err(conflict(channel));
+            }
+        }
+    }
+    let users = records
+        .iter()
+        .map(|r| UserRow::from_record(r).binds(&r.user))
+        .collect();
+    insert_chunked(conn, "users", &USER_WRITE_COLUMNS, users).await?;
+    let emails = records
+        .iter()
+        .flat_map(|r| {
+            r.user
+                .email_addresses
+                .iter()
+                .map(|e| EmailRow::from_domain(&r.user.id, e).binds())
+        })
+        .collect();
+    insert_chunked(conn, "email_addresses", &EMAIL_WRITE_COLUMNS, emails).await?;
+    let phones = records
+        .iter()
+        .flat_map(|r| {
+            r.user
+                .phone_numbers
+                .iter()
+                .map(|p| PhoneRow::from_domain(&r.user.id, p).binds())
+        })
+        .collect();
+    insert_chunked(conn, "phone_numbers", &PHONE_WRITE_COLUMNS, phones).await
 }
 
 /// Writes the difference between the stored user and the mutated record,
@@ -322,6 +505,13 @@ impl<D: SqlDatabase> UserStore for D {
         tx.commit().await
     }
 
+    #[tracing::instrument(name = "store.insert_users", skip_all, fields(count = records.len()))]
+    async fn insert_users(&self, records: &[UserRecord]) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        insert_users(tx.as_mut(), records).await?;
+        tx.commit().await
+    }
+
     #[tracing::instrument(name = "store.get_user", skip_all)]
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError> {
         Ok(self.get_record(id).await?.map(|r| r.user))
@@ -370,14 +560,20 @@ impl<D: SqlDatabase> UserStore for D {
 
     #[tracing::instrument(name = "store.list_users", skip_all)]
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
-        list_users(self.connection().await?.as_mut(), query).await
+        list_users(
+            self.connection().await?.as_mut(),
+            self.search_stats(),
+            query,
+        )
+        .await
     }
 
     #[tracing::instrument(name = "store.count_users", skip_all)]
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
         let mut conn = self.connection().await?;
+        let trigrams = search_trigrams(conn.as_mut(), self.search_stats(), filter).await?;
         let count = conn
-            .fetch_count(sql::count_users(filter, conn.dialect()))
+            .fetch_count(sql::count_users(filter, &trigrams, conn.dialect()))
             .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }

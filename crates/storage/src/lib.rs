@@ -11,6 +11,7 @@
 //!   a backend implements (connections and transactions).
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
+//! - [`search`]: which trigrams a `query` filter looks up.
 //! - [`sessions`]: sessions, sign-ins and token signing keys.
 //! - [`sign_ups`]: sign-ups in progress.
 //! - [`sql`]: SQL text for listing and counting, shared by the PostgreSQL
@@ -22,6 +23,7 @@ pub mod contract;
 pub mod exec;
 pub mod query;
 pub mod rows;
+pub mod search;
 pub mod sessions;
 pub mod sign_ups;
 pub mod sql;
@@ -126,6 +128,14 @@ pub type Mutation<'a> = Box<dyn FnOnce(&mut UserRecord) -> Result<(), DomainErro
 pub trait UserStore: Send + Sync + std::fmt::Debug {
     /// Inserts a new user with its identifiers in one transaction.
     async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError>;
+
+    /// Inserts many new users in one transaction, many rows per statement:
+    /// for imports and test datasets. The batch is refused whole, with
+    /// `Conflict`, wherever inserting its users one at a time would
+    /// conflict or would take an unverified identifier from another user:
+    /// an identifier verified by anyone else, in the store or the batch,
+    /// or a verified one that anyone else holds at all.
+    async fn insert_users(&self, records: &[UserRecord]) -> Result<(), StorageError>;
 
     /// Reads one user with its identifiers.
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StorageError>;

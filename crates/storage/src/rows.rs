@@ -88,17 +88,12 @@ pub struct VerificationColumns {
 /// How many columns [`VerificationColumns`] spans.
 pub const VERIFICATION_COLUMN_COUNT: usize = 8;
 
-/// Columns of `email_addresses`, in [`EmailRow`] order.
-pub const EMAIL_COLUMNS: &str = "id, user_id, email_address, verification_status, verification_strategy, \
-     verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
-     verification_window_start, verification_window_sends, created_at, updated_at";
-/// Columns of `phone_numbers`, in [`PhoneRow`] order.
-pub const PHONE_COLUMNS: &str = "id, user_id, phone_number, verification_status, verification_strategy, \
-     verification_attempts, verification_expire_at, verification_code_hash, verification_sent_at, \
-     verification_window_start, verification_window_sends, reserved_for_second_factor, default_second_factor, created_at, updated_at";
-
 fn corrupt(what: &str, value: &str) -> StorageError {
     StorageError::internal(format!("stored {what} is invalid: {value:?}"))
+}
+
+fn invalid_json(what: &str, error: &serde_json::Error) -> StorageError {
+    StorageError::internal(format!("stored {what} are invalid: {error}"))
 }
 
 fn metadata(text: &str) -> Result<Metadata, StorageError> {
@@ -380,8 +375,8 @@ impl PhoneRow {
     fn to_domain(&self) -> Result<PhoneNumber, StorageError> {
         Ok(PhoneNumber {
             id: identification_id(&self.id)?,
-            phone: Phone::parse(&self.phone_number)
-                .map_err(|_| corrupt("phone number", &self.phone_number))?,
+            phone: Phone::from_stored(&self.phone_number)
+                .ok_or_else(|| corrupt("phone number", &self.phone_number))?,
             verification: self.verification.to_domain()?,
             reserved_for_second_factor: self.reserved_for_second_factor,
             default_second_factor: self.default_second_factor,
@@ -408,29 +403,80 @@ impl PhoneRow {
     }
 }
 
-/// Groups identifier rows by user and joins them to their user rows,
-/// keeping the user rows' order.
-pub fn assemble(
-    users: Vec<UserRow>,
-    emails: Vec<EmailRow>,
-    phones: Vec<PhoneRow>,
-) -> Result<Vec<UserRecord>, StorageError> {
-    let mut emails_by_user: std::collections::HashMap<String, Vec<EmailRow>> =
-        std::collections::HashMap::new();
-    for e in emails {
-        emails_by_user.entry(e.user_id.clone()).or_default().push(e);
+/// A user row as read with [`crate::sql::user_columns`]: its email
+/// addresses and phone numbers come along as JSON arrays of rows, so one
+/// query reads whole users.
+#[derive(Clone, Debug)]
+pub struct StoredUser {
+    pub row: UserRow,
+    /// `[[id, email_address, [verification…], created_at, updated_at], …]`
+    pub emails: String,
+    /// `[[id, phone_number, [verification…], reserved_for_second_factor,
+    /// default_second_factor, created_at, updated_at], …]`
+    pub phones: String,
+}
+
+/// One element of [`StoredUser::emails`], in
+/// [`crate::sql::user_columns`] order: id, address, verification (an array
+/// in [`VerificationColumns`] order), created, updated.
+#[derive(serde::Deserialize)]
+struct EmailJson(String, String, VerificationColumns, i64, i64);
+
+/// One element of [`StoredUser::phones`], in
+/// [`crate::sql::user_columns`] order: id, number, verification, the two
+/// second-factor flags, created, updated.
+#[derive(serde::Deserialize)]
+struct PhoneJson(String, String, VerificationColumns, Flag, Flag, i64, i64);
+
+/// A boolean column in JSON: PostgreSQL writes `true`, SQLite `1`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Int(i64),
+}
+
+impl Flag {
+    fn get(&self) -> bool {
+        match self {
+            Self::Bool(b) => *b,
+            Self::Int(i) => *i != 0,
+        }
     }
-    let mut phones_by_user: std::collections::HashMap<String, Vec<PhoneRow>> =
-        std::collections::HashMap::new();
-    for p in phones {
-        phones_by_user.entry(p.user_id.clone()).or_default().push(p);
+}
+
+impl StoredUser {
+    /// The user with its identifiers and credentials.
+    pub fn into_record(self) -> Result<UserRecord, StorageError> {
+        let user_id = &self.row.id;
+        let emails: Vec<EmailJson> =
+            serde_json::from_str(&self.emails).map_err(|e| invalid_json("email rows", &e))?;
+        let phones: Vec<PhoneJson> =
+            serde_json::from_str(&self.phones).map_err(|e| invalid_json("phone rows", &e))?;
+        let emails = emails
+            .into_iter()
+            .map(|e| EmailRow {
+                id: e.0,
+                user_id: user_id.clone(),
+                email_address: e.1,
+                verification: e.2,
+                created_at: e.3,
+                updated_at: e.4,
+            })
+            .collect();
+        let phones = phones
+            .into_iter()
+            .map(|p| PhoneRow {
+                id: p.0,
+                user_id: user_id.clone(),
+                phone_number: p.1,
+                verification: p.2,
+                reserved_for_second_factor: p.3.get(),
+                default_second_factor: p.4.get(),
+                created_at: p.5,
+                updated_at: p.6,
+            })
+            .collect();
+        self.row.into_record(emails, phones)
     }
-    users
-        .into_iter()
-        .map(|u| {
-            let emails = emails_by_user.remove(&u.id).unwrap_or_default();
-            let phones = phones_by_user.remove(&u.id).unwrap_or_default();
-            u.into_record(emails, phones)
-        })
-        .collect()
 }

@@ -6,8 +6,9 @@
 //! semantics identical; the contract suite checks they are.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
-use roster_domain::{EmailAddress, IdentificationId, PhoneNumber};
+use roster_domain::{Channel, EmailAddress, IdentificationId, IdentifierChange, PhoneNumber};
 
 use crate::query::ListQuery;
 use roster_domain::query::{OrderField, SortValue, UserFilter};
@@ -49,6 +50,34 @@ pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, 
      CAST(u.public_metadata AS TEXT), CAST(u.private_metadata AS TEXT), CAST(u.unsafe_metadata AS TEXT), \
      u.banned, u.locked, u.image, u.created_at, u.updated_at, u.last_sign_in_at, \
      u.code_window_start, u.code_window_sends, u.failed_sign_ins, u.locked_until";
+
+/// [`USER_COLUMNS`] followed by the user's email addresses and phone
+/// numbers as JSON arrays of rows, the shape [`crate::rows::StoredUser`]
+/// reads: whole users in one query.
+pub fn user_columns(dialect: Dialect) -> &'static str {
+    static POSTGRES: LazyLock<String> =
+        LazyLock::new(|| user_columns_in("json_agg", "json_build_array"));
+    static SQLITE: LazyLock<String> =
+        LazyLock::new(|| user_columns_in("json_group_array", "json_array"));
+    match dialect {
+        Dialect::Postgres => &POSTGRES,
+        Dialect::Sqlite => &SQLITE,
+    }
+}
+
+fn user_columns_in(aggregate: &str, array: &str) -> String {
+    const VERIFICATION: &str = "verification_status, verification_strategy, \
+        verification_attempts, verification_expire_at, verification_code_hash, \
+        verification_sent_at, verification_window_start, verification_window_sends";
+    format!(
+        "{USER_COLUMNS}, \
+         CAST(COALESCE((SELECT {aggregate}({array}(id, email_address, {array}({VERIFICATION}), \
+             created_at, updated_at)) FROM email_addresses WHERE user_id = u.id), '[]') AS TEXT), \
+         CAST(COALESCE((SELECT {aggregate}({array}(id, phone_number, {array}({VERIFICATION}), \
+             reserved_for_second_factor, default_second_factor, created_at, updated_at)) \
+             FROM phone_numbers WHERE user_id = u.id), '[]') AS TEXT)"
+    )
+}
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order.
 pub const USER_WRITE_COLUMNS: [&str; 25] = [
@@ -204,7 +233,10 @@ fn texts<'a, I: IntoIterator<Item = &'a String>>(values: I) -> impl Iterator<Ite
         .into_iter()
 }
 
-fn push_filter(b: &mut Builder, filter: &UserFilter) {
+/// The `WHERE` clause of `filter`. A `query` is narrowed by the trigram
+/// index to the users holding all of `trigrams` (some of the query's, see
+/// [`crate::search`]); none means no narrowing.
+fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
     b.push(" WHERE 1 = 1");
     if !filter.user_ids.is_empty() {
         b.push(" AND u.id IN ");
@@ -237,21 +269,37 @@ fn push_filter(b: &mut Builder, filter: &UserFilter) {
     }
     if let Some(query) = &filter.query {
         // `search_text` holds the searched fields, lowercased (see
-        // `User::search_text`). PostgreSQL answers the LIKE from a trigram
-        // index. SQLite narrows with its FTS5 trigram index when the query
-        // has a trigram to look up, and LIKE keeps the match exact.
-        if b.dialect == Dialect::Sqlite && query.chars().count() >= 3 {
-            b.push(" AND u.rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH ");
-            b.bind(Bind::Text(format!("\"{}\"", query.replace('"', "\"\""))));
-            b.push(")");
-        }
-        b.push(" AND u.search_text LIKE ");
-        b.bind(Bind::Text(like_pattern(query)));
-        // PostgreSQL's LIKE escapes with a backslash by default; SQLite's
-        // has no escape character unless told.
-        if b.dialect == Dialect::Sqlite {
-            b.push(" ESCAPE '\\'");
-        }
+        // `User::search_text`). The trigram index narrows the candidates
+        // to the users holding `trigrams` (FTS5 on SQLite, pg_trgm's GIN
+        // index answering a LIKE per trigram on PostgreSQL); LIKE over the
+        // whole query keeps the match exact. On PostgreSQL that LIKE is
+        // kept out of the index (`|| ''`), which would otherwise look up
+        // every trigram of the query again.
+        let exact = if trigrams.is_empty() {
+            "u.search_text"
+        } else {
+            match b.dialect {
+                Dialect::Sqlite => {
+                    let terms: Vec<String> = trigrams
+                        .iter()
+                        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+                        .collect();
+                    b.push(
+                        " AND u.rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH ",
+                    );
+                    b.bind(Bind::Text(terms.join(" AND ")));
+                    b.push(")");
+                    "u.search_text"
+                }
+                Dialect::Postgres => {
+                    for trigram in trigrams {
+                        push_like(b, "u.search_text", trigram);
+                    }
+                    "(u.search_text || '')"
+                }
+            }
+        };
+        push_like(b, exact, query);
     }
     if let Some(banned) = filter.banned {
         b.push(" AND u.banned = ");
@@ -267,10 +315,47 @@ fn push_filter(b: &mut Builder, filter: &UserFilter) {
     }
 }
 
-/// `SELECT` of one page of user rows ([`USER_COLUMNS`]).
-pub fn list_users(query: &ListQuery, dialect: Dialect) -> Statement {
-    let mut b = Builder::new(dialect, &format!("SELECT {USER_COLUMNS} FROM users u"));
-    push_filter(&mut b, &query.filter);
+/// `SELECT` of one page of users ([`user_columns`]); `trigrams` as
+/// [`push_filter`] takes them.
+pub fn list_users(query: &ListQuery, trigrams: &[String], dialect: Dialect) -> Statement {
+    let columns = user_columns(dialect);
+    let mut b = Builder::new(dialect, &format!("SELECT {columns} FROM users u"));
+    push_filter(&mut b, &query.filter, trigrams);
+    push_page(&mut b, query, query.limit);
+    b.finish()
+}
+
+/// `SELECT` of the first page of users matching the query's `query`
+/// among only the first `window` users the rest of the query selects, in
+/// its order. When that finds a full page, it is the page: the matches
+/// found are the first in order. A `query` that many users match is
+/// answered this way from a few rows instead of from a long posting list.
+pub fn list_users_in_window(query: &ListQuery, window: usize, dialect: Dialect) -> Statement {
+    let columns = user_columns(dialect);
+    let mut b = Builder::new(
+        dialect,
+        &format!("SELECT {columns} FROM (SELECT * FROM users u"),
+    );
+    let others = UserFilter {
+        query: None,
+        ..query.filter.clone()
+    };
+    push_filter(&mut b, &others, &[]);
+    push_page(&mut b, query, window);
+    b.push(") u WHERE 1 = 1");
+    if let Some(text) = &query.filter.query {
+        push_like(&mut b, "u.search_text", text);
+    }
+    let unbounded = ListQuery {
+        after: None,
+        ..query.clone()
+    };
+    push_page(&mut b, &unbounded, query.limit);
+    b.finish()
+}
+
+/// The keyset condition after `query`'s cursor, its order and `limit`.
+fn push_page(b: &mut Builder, query: &ListQuery, limit: usize) {
     let sort = sort_expression(query.order.field);
     let (cmp, dir) = if query.order.descending {
         ("<", "DESC")
@@ -288,24 +373,53 @@ pub fn list_users(query: &ListQuery, dialect: Dialect) -> Statement {
         b.push(")");
     }
     b.push(&format!(" ORDER BY {sort} {dir}, u.id {dir} LIMIT "));
-    b.bind(Bind::Int(i64::try_from(query.limit).unwrap_or(i64::MAX)));
-    b.finish()
+    b.bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
 }
 
-/// `SELECT count(*)` of the users matching a filter.
-pub fn count_users(filter: &UserFilter, dialect: Dialect) -> Statement {
+/// `AND <text> LIKE` the substring `query`, matched literally.
+fn push_like(b: &mut Builder, text: &str, query: &str) {
+    b.push(" AND ");
+    b.push(text);
+    b.push(" LIKE ");
+    b.bind(Bind::Text(like_pattern(query)));
+    // PostgreSQL's LIKE escapes with a backslash by default; SQLite's
+    // has no escape character unless told.
+    if b.dialect == Dialect::Sqlite {
+        b.push(" ESCAPE '\\'");
+    }
+}
+
+/// `SELECT count(*)` of the users matching a filter; `trigrams` as
+/// [`push_filter`] takes them.
+pub fn count_users(filter: &UserFilter, trigrams: &[String], dialect: Dialect) -> Statement {
     let mut b = Builder::new(dialect, "SELECT count(*) FROM users u");
-    push_filter(&mut b, filter);
+    push_filter(&mut b, filter, trigrams);
     b.finish()
 }
 
 /// `INSERT` of one row; `binds` follow `columns`.
 pub fn insert(table: &str, columns: &[&str], binds: Vec<Bind>, dialect: Dialect) -> Statement {
+    insert_rows(table, columns, [binds], dialect)
+}
+
+/// `INSERT` of several rows in one statement; each row's binds follow
+/// `columns`.
+pub fn insert_rows(
+    table: &str,
+    columns: &[&str],
+    rows: impl IntoIterator<Item = Vec<Bind>>,
+    dialect: Dialect,
+) -> Statement {
     let mut b = Builder::new(
         dialect,
         &format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
     );
-    b.bind_list(binds);
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            b.push(", ");
+        }
+        b.bind_list(row);
+    }
     b.finish()
 }
 
@@ -339,18 +453,24 @@ pub fn delete_by_ids(table: &str, ids: &[&IdentificationId], dialect: Dialect) -
     b.finish()
 }
 
-/// `SELECT` of the identifier rows (`columns`) of several users.
-pub fn identifiers_of(
-    table: &str,
-    columns: &str,
-    user_ids: &[&str],
-    dialect: Dialect,
-) -> Statement {
+/// `SELECT` of the first and last `created_at` of all users.
+pub fn creation_range() -> Statement {
+    Statement {
+        sql: "SELECT min(created_at), max(created_at) FROM users".to_owned(),
+        binds: Vec::new(),
+    }
+}
+
+/// `SELECT` of the search texts of the `count` users created first at or
+/// after `at`.
+pub fn search_texts_from(at: i64, count: usize, dialect: Dialect) -> Statement {
     let mut b = Builder::new(
         dialect,
-        &format!("SELECT {columns} FROM {table} WHERE user_id IN "),
+        "SELECT search_text FROM users WHERE created_at >= ",
     );
-    b.bind_list(user_ids.iter().map(|id| Bind::Text((*id).to_owned())));
+    b.bind(Bind::Int(at));
+    b.push(" ORDER BY created_at LIMIT ");
+    b.bind(Bind::Int(i64::try_from(count).unwrap_or(i64::MAX)));
     b.finish()
 }
 
@@ -370,45 +490,74 @@ pub fn identification_owner(id: &str, dialect: Dialect) -> Statement {
     b.finish()
 }
 
-/// `SELECT` of the users other than `user_id` holding the identifier
-/// `normalized` (in `table`'s `column`), verified or not as `verified`
-/// says; in id order, so concurrent claimers lock in the same order.
+/// Where an identifier of `channel` is stored: its table and the column
+/// uniqueness is decided on.
+pub fn identifier_column(channel: Channel) -> (&'static str, &'static str) {
+    match channel {
+        Channel::Email => ("email_addresses", "email_normalized"),
+        Channel::Phone => ("phone_numbers", "phone_number"),
+    }
+}
+
+/// `SELECT` of the other users (than `user_id`) holding any of the
+/// `changes`' identifiers, as rows of (channel `email` or `phone`,
+/// normalized identifier, holder, verification status); in holder order,
+/// so concurrent claimers lock in the same order. `None` without changes.
 pub fn identifier_holders(
-    table: &str,
-    column: &str,
-    normalized: &str,
+    changes: &[IdentifierChange],
     user_id: &str,
-    verified: bool,
     dialect: Dialect,
-) -> Statement {
+) -> Option<Statement> {
+    let mut b = Builder::new(dialect, "");
+    for (i, channel) in [Channel::Email, Channel::Phone].into_iter().enumerate() {
+        let values: Vec<Bind> = changes
+            .iter()
+            .filter(|c| c.channel == channel)
+            .map(|c| Bind::Text(c.normalized.clone()))
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        if !b.sql.is_empty() {
+            b.push(" UNION ");
+        }
+        let name = ["email", "phone"][i];
+        let (table, column) = identifier_column(channel);
+        b.push(&format!(
+            "SELECT '{name}', {column}, user_id, verification_status FROM {table} WHERE {column} IN "
+        ));
+        b.bind_list(values);
+        b.push(" AND user_id <> ");
+        b.bind(Bind::Text(user_id.to_owned()));
+    }
+    if b.sql.is_empty() {
+        return None;
+    }
+    b.push(" ORDER BY 3");
+    Some(b.finish())
+}
+
+/// `SELECT` of one user by id ([`user_columns`]).
+pub fn user_by_id(id: &str, dialect: Dialect) -> Statement {
+    let columns = user_columns(dialect);
     let mut b = Builder::new(
         dialect,
-        &format!("SELECT DISTINCT user_id FROM {table} WHERE {column} = "),
+        &format!("SELECT {columns} FROM users u WHERE u.id = "),
     );
-    b.bind(Bind::Text(normalized.to_owned()));
-    b.push(" AND user_id <> ");
-    b.bind(Bind::Text(user_id.to_owned()));
-    b.push(if verified {
-        " AND verification_status = 'verified'"
-    } else {
-        " AND verification_status <> 'verified'"
-    });
-    b.push(" ORDER BY user_id");
+    b.bind(Bind::Text(id.to_owned()));
     b.finish()
 }
 
-/// `SELECT` of one user row by id; `lock` adds `FOR UPDATE` (PostgreSQL
-/// only: SQLite transactions lock the whole database).
-pub fn user_by_id(id: &str, lock: bool, dialect: Dialect) -> Statement {
-    let mut b = Builder::new(
-        dialect,
-        &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = "),
-    );
-    b.bind(Bind::Text(id.to_owned()));
-    if lock && dialect == Dialect::Postgres {
-        b.push(" FOR UPDATE");
+/// `SELECT … FOR UPDATE` of one user row, on PostgreSQL; `None` on SQLite,
+/// whose write transactions lock the whole database.
+pub fn lock_user(id: &str, dialect: Dialect) -> Option<Statement> {
+    if dialect == Dialect::Sqlite {
+        return None;
     }
-    b.finish()
+    let mut b = Builder::new(dialect, "SELECT id FROM users WHERE id = ");
+    b.bind(Bind::Text(id.to_owned()));
+    b.push(" FOR UPDATE");
+    Some(b.finish())
 }
 
 /// Rows of one user's (or page's) identifiers to delete, insert and update
@@ -471,14 +620,14 @@ mod tests {
             banned: Some(false),
             ..UserFilter::default()
         };
-        let pg = count_users(&filter, Dialect::Postgres);
+        let pg = count_users(&filter, &[], Dialect::Postgres);
         assert!(
             pg.sql.contains("u.username_normalized IN ($1, $2)")
                 && pg.sql.contains("u.banned = $3"),
             "{}",
             pg.sql
         );
-        let lite = count_users(&filter, Dialect::Sqlite);
+        let lite = count_users(&filter, &[], Dialect::Sqlite);
         assert!(lite.sql.contains("IN (?, ?)"));
         assert_eq!(lite.binds.len(), 3);
     }
@@ -497,7 +646,7 @@ mod tests {
             }),
             limit: 3,
         };
-        let s = list_users(&q, Dialect::Postgres);
+        let s = list_users(&q, &[], Dialect::Postgres);
         assert!(
             s.sql
                 .contains("(COALESCE(u.username_normalized, ''), u.id) < ($1, $2)"),
@@ -511,28 +660,35 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_narrows_queries_of_three_characters_with_its_trigram_index() {
-        let with = |q: &str| {
-            count_users(
-                &UserFilter {
-                    query: Some(q.into()),
-                    ..UserFilter::default()
-                },
-                Dialect::Sqlite,
-            )
+    fn queries_are_narrowed_by_the_trigrams_given() {
+        let filter = UserFilter {
+            query: Some("ab\"cd".into()),
+            ..UserFilter::default()
         };
-        let long = with("ab\"c");
-        assert!(long.sql.contains("users_search MATCH ?"), "{}", long.sql);
-        assert_eq!(long.binds[0], Bind::Text("\"ab\"\"c\"".into()));
-        assert!(!with("ab").sql.contains("MATCH"));
-        let pg = count_users(
-            &UserFilter {
-                query: Some("abc".into()),
-                ..UserFilter::default()
-            },
-            Dialect::Postgres,
+        let picked = ["ab\"".to_owned(), "\"cd".to_owned()];
+        let lite = count_users(&filter, &picked, Dialect::Sqlite);
+        assert!(lite.sql.contains("users_search MATCH ?"), "{}", lite.sql);
+        assert_eq!(
+            lite.binds[0],
+            Bind::Text("\"ab\"\"\" AND \"\"\"cd\"".into())
         );
-        assert!(pg.sql.ends_with("u.search_text LIKE $1"), "{}", pg.sql);
+        assert_eq!(lite.binds[1], Bind::Text("%ab\"cd%".into()));
+        assert!(
+            !count_users(&filter, &[], Dialect::Sqlite)
+                .sql
+                .contains("MATCH")
+        );
+        let pg = count_users(&filter, &picked, Dialect::Postgres);
+        assert!(
+            pg.sql.ends_with(
+                "u.search_text LIKE $1 AND u.search_text LIKE $2 AND (u.search_text || '') LIKE $3"
+            ),
+            "{}",
+            pg.sql
+        );
+        assert_eq!(pg.binds[2], Bind::Text("%ab\"cd%".into()));
+        let pg = count_users(&filter, &[], Dialect::Postgres);
+        assert!(pg.sql.ends_with(" u.search_text LIKE $1"), "{}", pg.sql);
     }
 
     #[test]
