@@ -98,6 +98,9 @@ pub struct Load {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Calls to measure, when the run ends after a count rather than
+    /// `duration` (which then bounds it).
+    pub requests: Option<u64>,
     /// Total calls per second across workers; `None` for as fast as the
     /// server answers.
     pub rate: Option<f64>,
@@ -297,6 +300,10 @@ fn mb(bytes: u64) -> f64 {
 pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    // Measured calls so far, and the signal that the count was reached.
+    let counted = Arc::new(AtomicU64::new(0));
+    let counted_all = Arc::new(tokio::sync::Notify::new());
+    let limit = load.requests;
     let started_at = Instant::now();
     // Each worker's share of the rate: one call every `interval`.
     #[allow(clippy::cast_precision_loss, reason = "a rate")]
@@ -317,6 +324,7 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
             sequence: 0,
         };
         let (measuring, stop) = (measuring.clone(), stop.clone());
+        let (counted, counted_all) = (counted.clone(), counted_all.clone());
         #[allow(clippy::cast_precision_loss, reason = "a fraction")]
         let spread = id as f64 / load.concurrency as f64;
         workers.push(tokio::spawn(async move {
@@ -334,6 +342,16 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
                 };
                 let outcome = worker.call(scenario).await;
                 if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    if let Some(limit) = limit {
+                        let n = counted.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n > limit {
+                            continue;
+                        }
+                        if n == limit {
+                            stop.store(true, Ordering::Relaxed);
+                            counted_all.notify_one();
+                        }
+                    }
                     // Throughput and latency count successful calls only.
                     match outcome {
                         Ok(()) => {
@@ -377,7 +395,10 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
             }
         })
     });
-    tokio::time::sleep(load.duration).await;
+    tokio::select! {
+        () = tokio::time::sleep(load.duration) => {}
+        () = counted_all.notified(), if limit.is_some() => {}
+    }
     stop.store(true, Ordering::Relaxed);
     let seconds = window.elapsed().as_secs_f64();
     let cpu_after = load.server_pid.and_then(procfs::cpu_time);
@@ -424,6 +445,47 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_can_end_after_a_count_of_calls() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        tokio::spawn(crate::baseline::serve(
+            crate::baseline::Kind::Noop,
+            addr,
+            None,
+            0,
+        ));
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let mut channel = None;
+        for _ in 0..100 {
+            if let Ok(c) = endpoint.connect().await {
+                channel = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let target = Target {
+            channels: vec![channel.expect("the baseline answers")],
+            ids: Arc::new(vec![crate::baseline::row_id(0)]),
+            queries: Arc::new(vec!["x".to_owned()]),
+            run: 1,
+        };
+        let load = Load {
+            concurrency: 8,
+            warmup: Duration::ZERO,
+            duration: Duration::from_mins(2),
+            requests: Some(500),
+            rate: None,
+            server_pid: None,
+        };
+        let started = Instant::now();
+        let report = run(&target, Scenario::GetUser, &load).await;
+        assert!(started.elapsed() < Duration::from_mins(1), "ended by count");
+        let failed: u64 = report.errors.values().sum();
+        assert_eq!(report.requests + failed, 500, "{report:?}");
+    }
 
     #[test]
     fn percentiles_pick_ranks() {

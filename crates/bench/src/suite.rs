@@ -55,6 +55,10 @@ pub struct Settings {
     /// Seconds each scenario is measured.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Calls each scenario is measured for, instead of for `--seconds`
+    /// (or `--mixed-seconds`), which then bound it.
+    #[arg(long)]
+    pub requests: Option<u64>,
     /// Seconds the mixed workload is measured (memory growth shows over
     /// minutes).
     #[arg(long, default_value_t = 60)]
@@ -301,6 +305,7 @@ impl Settings {
             } else {
                 self.seconds
             }),
+            requests: self.requests,
             rate,
             server_pid: pid,
         }
