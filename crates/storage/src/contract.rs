@@ -1389,40 +1389,44 @@ pub async fn query_pages_match_filtering_in_memory(store: Arc<dyn UserStore>) {
         .map(|u| UserRecord::new(u.clone(), None))
         .collect();
     s.insert_users(&records).await.unwrap();
-    for text in ["dense", "rare", "u01", "_", "nowhere"] {
-        for descending in [false, true] {
-            let order = OrderBy {
-                field: OrderField::CreatedAt,
-                descending,
-            };
-            let mut expected: Vec<&User> = users
-                .iter()
-                .filter(|u| u.search_text().contains(text))
-                .collect();
-            expected.sort_by_key(|u| (u.created_at, u.id.clone()));
-            if descending {
-                expected.reverse();
-            }
-            let filter = UserFilter {
-                query: Some(text.to_owned()),
-                ..UserFilter::default()
-            };
-            let mut seen = Vec::new();
-            let mut token = String::new();
-            loop {
-                let query = ListQuery::new(filter.clone(), order, 7, &token).unwrap();
-                let page = list_page(s, query).await.unwrap();
-                seen.extend(page.users.into_iter().map(|u| u.id));
-                match page.next_page_token {
-                    Some(next) => token = next,
-                    None => break,
-                }
-            }
-            let expected: Vec<UserId> = expected.into_iter().map(|u| u.id.clone()).collect();
-            assert_eq!(seen, expected, "query {text:?}, descending {descending}");
-            let count = s.count_users(&filter).await.unwrap();
-            assert_eq!(usize::try_from(count).unwrap(), expected.len(), "{text:?}");
+    let cases = ["dense", "rare", "u01", "_", "nowhere"]
+        .into_iter()
+        .flat_map(|text| [(text, false, 7), (text, true, 7), (text, true, 60)]);
+    for (text, descending, page_size) in cases {
+        let order = OrderBy {
+            field: OrderField::CreatedAt,
+            descending,
+        };
+        let mut expected: Vec<&User> = users
+            .iter()
+            .filter(|u| u.search_text().contains(text))
+            .collect();
+        expected.sort_by_key(|u| (u.created_at, u.id.clone()));
+        if descending {
+            expected.reverse();
         }
+        let filter = UserFilter {
+            query: Some(text.to_owned()),
+            ..UserFilter::default()
+        };
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let query = ListQuery::new(filter.clone(), order, page_size, &token).unwrap();
+            let page = list_page(s, query).await.unwrap();
+            seen.extend(page.users.into_iter().map(|u| u.id));
+            match page.next_page_token {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        let expected: Vec<UserId> = expected.into_iter().map(|u| u.id.clone()).collect();
+        assert_eq!(
+            seen, expected,
+            "{text:?}, descending {descending}, {page_size}"
+        );
+        let count = s.count_users(&filter).await.unwrap();
+        assert_eq!(usize::try_from(count).unwrap(), expected.len(), "{text:?}");
     }
 }
 

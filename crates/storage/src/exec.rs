@@ -94,13 +94,14 @@ async fn load_record(
     Ok(into_records(users)?.pop())
 }
 
-/// Users looked at before a `query` filter's trigram index: enough to
-/// find a page among them when one user in ten matches.
+/// Users looked at before a `query` filter's trigram index: at least
+/// this many, and ten per user the page asks for, so a page is found
+/// among them when one user in ten matches.
 const QUERY_WINDOW: usize = 250;
 
-/// Loads a page of users. A `query` filter is tried on the first
-/// [`QUERY_WINDOW`] users in order first (a page found there is the
-/// page), then answered from the trigram index.
+/// Loads a page of users. A `query` filter is tried on the first users in
+/// order first (see [`QUERY_WINDOW`]; a page found there is the page),
+/// then answered from the trigram index.
 async fn list_users(
     conn: &mut dyn SqlConn,
     stats: &SearchStats,
@@ -109,7 +110,11 @@ async fn list_users(
     let dialect = conn.dialect();
     if query.filter.query.is_some() {
         let users = conn
-            .fetch_users(sql::list_users_in_window(query, QUERY_WINDOW, dialect))
+            .fetch_users(sql::list_users_in_window(
+                query,
+                QUERY_WINDOW.max(query.limit.saturating_mul(10)),
+                dialect,
+            ))
             .await?;
         if users.len() >= query.limit {
             return Ok(into_records(users)?.into_iter().map(|r| r.user).collect());
