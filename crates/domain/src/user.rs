@@ -83,7 +83,7 @@ impl VerificationStrategy {
 }
 
 /// Which kind of identifier a code goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
     Email,
     Phone,

@@ -420,30 +420,43 @@ pub async fn conflicting_update_changes_nothing(store: Arc<dyn UserStore>) {
 pub async fn concurrent_updates_are_not_lost(store: Arc<dyn UserStore>) {
     let user = new_user(&["a@example.com"], &[], None, 0);
     insert(store.as_ref(), &user).await;
-    let tasks: Vec<_> = (0..10)
+    update_concurrently(&store, &user.id, 10, |i, record| {
+        let count = record
+            .user
+            .private_metadata
+            .as_map()
+            .get("count")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        let patch = Metadata::parse(json!({ "count": count + 1, format!("k{i}"): i })).unwrap();
+        record
+            .user
+            .merge_metadata(vec![(MetadataKind::Private, patch)], at(1))
+    })
+    .await;
+    let loaded = store.get_user(&user.id).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.private_metadata.as_map().get("count"),
+        Some(&json!(10))
+    );
+    assert_eq!(loaded.private_metadata.as_map().len(), 11);
+}
+
+/// Applies `n` mutations to one user at once, the `i`th made by
+/// `mutation(i, …)`; each must succeed.
+async fn update_concurrently(
+    store: &Arc<dyn UserStore>,
+    id: &UserId,
+    n: usize,
+    mutation: fn(usize, &mut UserRecord) -> Result<(), roster_domain::DomainError>,
+) {
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
             let store = store.clone();
-            let id = user.id.clone();
+            let id = id.clone();
             tokio::spawn(async move {
                 store
-                    .update_user(
-                        &id,
-                        Box::new(move |record| {
-                            let count = record
-                                .user
-                                .private_metadata
-                                .as_map()
-                                .get("count")
-                                .and_then(serde_json::Value::as_i64)
-                                .unwrap_or(0);
-                            let patch =
-                                Metadata::parse(json!({ "count": count + 1, format!("k{i}"): i }))
-                                    .unwrap();
-                            record
-                                .user
-                                .merge_metadata(vec![(MetadataKind::Private, patch)], at(1))
-                        }),
-                    )
+                    .update_user(&id, Box::new(move |record| mutation(i, record)))
                     .await
             })
         })
@@ -451,12 +464,6 @@ pub async fn concurrent_updates_are_not_lost(store: Arc<dyn UserStore>) {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    let loaded = store.get_user(&user.id).await.unwrap().unwrap();
-    assert_eq!(
-        loaded.private_metadata.as_map().get("count"),
-        Some(&json!(10))
-    );
-    assert_eq!(loaded.private_metadata.as_map().len(), 11);
 }
 
 pub async fn update_of_missing_user_is_not_found(store: Arc<dyn UserStore>) {
@@ -1437,26 +1444,11 @@ pub async fn query_pages_match_filtering_in_memory(store: Arc<dyn UserStore>) {
 pub async fn concurrent_identifier_changes_see_each_other(store: Arc<dyn UserStore>) {
     let user = new_user(&["a@example.com"], &[], None, 0);
     insert(store.as_ref(), &user).await;
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let store = store.clone();
-            let id = user.id.clone();
-            tokio::spawn(async move {
-                store
-                    .update_user(
-                        &id,
-                        Box::new(move |record| {
-                            let email = Email::parse(&format!("added{i}@example.com")).unwrap();
-                            record.user.add_email(email, true, false, at(1)).map(drop)
-                        }),
-                    )
-                    .await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
+    update_concurrently(&store, &user.id, 8, |i, record| {
+        let email = Email::parse(&format!("added{i}@example.com")).unwrap();
+        record.user.add_email(email, true, false, at(1)).map(drop)
+    })
+    .await;
     let loaded = store.get_user(&user.id).await.unwrap().unwrap();
     assert_eq!(loaded.email_addresses.len(), 9);
     for i in 0..8 {

@@ -240,6 +240,66 @@ fn stored_user_id(text: &str) -> Result<UserId, StorageError> {
         .map_err(|_| StorageError::internal(format!("stored user id is invalid: {text:?}")))
 }
 
+/// A user holding an email address or phone number.
+struct Holder {
+    channel: Channel,
+    normalized: String,
+    user_id: String,
+    verified: bool,
+}
+
+/// The users other than `user_id` holding any of `changes`' identifiers;
+/// each change's holders in user id order.
+async fn identifier_holders(
+    conn: &mut dyn SqlConn,
+    changes: &[IdentifierChange],
+    user_id: &str,
+) -> Result<Vec<Holder>, StorageError> {
+    let mut holders = Vec::new();
+    for chunk in changes.chunks(MAX_BINDS / 2) {
+        let Some(statement) = sql::identifier_holders(chunk, user_id, conn.dialect()) else {
+            continue;
+        };
+        for row in conn.fetch_values(statement, &[ColumnType::Text; 4]).await? {
+            let holder = match <[Value; 4]>::try_from(row) {
+                Ok(
+                    [
+                        Value::Text(Some(name)),
+                        Value::Text(Some(normalized)),
+                        Value::Text(Some(user_id)),
+                        Value::Text(Some(status)),
+                    ],
+                ) => [Channel::Email, Channel::Phone]
+                    .into_iter()
+                    .find(|c| sql::channel_name(*c) == name)
+                    .map(|channel| Holder {
+                        channel,
+                        normalized,
+                        user_id,
+                        verified: status == "verified",
+                    }),
+                _ => None,
+            };
+            holders.push(
+                holder
+                    .ok_or_else(|| StorageError::internal("identifier holder row is malformed"))?,
+            );
+        }
+    }
+    Ok(holders)
+}
+
+/// The refusal of an identifier another user holds.
+fn conflict(channel: Channel) -> StorageError {
+    let field = match channel {
+        Channel::Email => "email_address",
+        Channel::Phone => "phone_number",
+    };
+    StorageError::Conflict {
+        field: field.to_owned(),
+    }
+}
+
 /// Applies uniqueness across users to the identifiers `user` added or
 /// verified since `before`: only verified identifiers are unique. An
 /// identifier verified here removes the unverified copies other users hold
@@ -254,62 +314,36 @@ async fn settle_uniqueness(
     before: Option<&User>,
 ) -> Result<(), StorageError> {
     let changes = user.identifier_changes(before);
-    let Some(statement) = sql::identifier_holders(&changes, user.id.as_str(), conn.dialect())
-    else {
-        return Ok(());
-    };
-    let holders = conn
-        .fetch_values(statement, &[ColumnType::Text; 4])
-        .await?
-        .into_iter()
-        .map(|row| match <[Value; 4]>::try_from(row) {
-            Ok(
-                [
-                    Value::Text(Some(channel)),
-                    Value::Text(Some(normalized)),
-                    Value::Text(Some(holder)),
-                    Value::Text(Some(status)),
-                ],
-            ) => Ok((channel, normalized, holder, status)),
-            _ => Err(StorageError::internal("identifier holder row is malformed")),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let holders = identifier_holders(conn, &changes, user.id.as_str()).await?;
     for change in changes {
-        let (channel_name, field) = match change.channel {
-            Channel::Email => ("email", "email_address"),
-            Channel::Phone => ("phone", "phone_number"),
-        };
-        let conflict = || StorageError::Conflict {
-            field: field.to_owned(),
-        };
         // Holders of the other verification state than the change's:
         // verified ones refuse an unverified change; unverified ones give
         // way to a verified change.
-        let opposite = holders.iter().filter(|(channel, normalized, _, status)| {
-            channel == channel_name
-                && *normalized == change.normalized
-                && (status == "verified") != change.verified
+        let opposite = holders.iter().filter(|h| {
+            h.channel == change.channel
+                && h.normalized == change.normalized
+                && h.verified != change.verified
         });
         if !change.verified {
             if opposite.clone().next().is_some() {
-                return Err(conflict());
+                return Err(conflict(change.channel));
             }
             continue;
         }
         let mut released: Vec<&str> = Vec::new();
-        for (_, _, holder, _) in opposite {
-            if released.contains(&holder.as_str()) {
+        for Holder { user_id, .. } in opposite {
+            if released.contains(&user_id.as_str()) {
                 continue;
             }
-            released.push(holder);
-            let holder = stored_user_id(holder)?;
+            released.push(user_id);
+            let holder = stored_user_id(user_id)?;
             // A holder verifying the same identifier right now waits for
             // this user's lock while this waits for its: PostgreSQL breaks
             // the deadlock by aborting one, and that one lost the race.
             let loaded = load_record(conn, &holder, true)
                 .await
                 .map_err(|e| match e {
-                    StorageError::Aborted(_) => conflict(),
+                    StorageError::Aborted(_) => conflict(change.channel),
                     other => other,
                 })?;
             let Some(mut record) = loaded else {
@@ -368,15 +402,8 @@ async fn insert_chunked(
 
 /// Inserts new users in bulk (see [`UserStore::insert_users`]).
 async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<(), StorageError> {
-    let conflict = |channel: Channel| StorageError::Conflict {
-        field: match channel {
-            Channel::Email => "email_address",
-            Channel::Phone => "phone_number",
-        }
-        .to_owned(),
-    };
     // Within the batch: an identifier verified once and held by no other.
-    let mut claims: HashMap<(bool, &str), (&UserId, bool)> = HashMap::new();
+    let mut claims: HashMap<(Channel, &str), (&UserId, bool)> = HashMap::new();
     let changes: Vec<(&UserId, IdentifierChange)> = records
         .iter()
         .flat_map(|r| {
@@ -387,7 +414,7 @@ async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<
         })
         .collect();
     for (owner, change) in &changes {
-        let key = (change.channel == Channel::Email, change.normalized.as_str());
+        let key = (change.channel, change.normalized.as_str());
         if let Some((other, verified)) = claims.insert(key, (owner, change.verified))
             && other != *owner
             && (verified || change.verified)
@@ -398,29 +425,10 @@ async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<
     // Against the store: any holder of a verified identifier of the batch,
     // and verified holders of its unverified ones.
     let all: Vec<IdentifierChange> = changes.iter().map(|(_, c)| c.clone()).collect();
-    for chunk in all.chunks(MAX_BINDS / 2) {
-        let Some(statement) = sql::identifier_holders(chunk, "", conn.dialect()) else {
-            continue;
-        };
-        for row in conn.fetch_values(statement, &[ColumnType::Text; 4]).await? {
-            let (channel, normalized, verified) = match row.as_slice() {
-                [
-                    Value::Text(Some(channel)),
-                    Value::Text(Some(normalized)),
-                    _,
-                    Value::Text(Some(status)),
-                ] => (channel.as_str(), normalized.as_str(), status == "verified"),
-                _ => return Err(StorageError::internal("identifier holder row is malformed")),
-            };
-            let channel = if channel == "email" {
-                Channel::Email
-            } else {
-                Channel::Phone
-            };
-            let ours = claims.get(&(channel == Channel::Email, normalized));
-            if verified || ours.is_some_and(|(_, v)| *v) {
-                return Err(conflict(channel));
-            }
+    for holder in identifier_holders(conn, &all, "").await? {
+        let ours = claims.get(&(holder.channel, holder.normalized.as_str()));
+        if holder.verified || ours.is_some_and(|(_, v)| *v) {
+            return Err(conflict(holder.channel));
         }
     }
     let users = records

@@ -492,15 +492,23 @@ pub fn identification_owner(id: &str, dialect: Dialect) -> Statement {
 
 /// Where an identifier of `channel` is stored: its table and the column
 /// uniqueness is decided on.
-pub fn identifier_column(channel: Channel) -> (&'static str, &'static str) {
+fn identifier_column(channel: Channel) -> (&'static str, &'static str) {
     match channel {
         Channel::Email => ("email_addresses", "email_normalized"),
         Channel::Phone => ("phone_numbers", "phone_number"),
     }
 }
 
+/// How [`identifier_holders`] rows name a channel.
+pub fn channel_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "email",
+        Channel::Phone => "phone",
+    }
+}
+
 /// `SELECT` of the other users (than `user_id`) holding any of the
-/// `changes`' identifiers, as rows of (channel `email` or `phone`,
+/// `changes`' identifiers, as rows of (channel, see [`channel_name`],
 /// normalized identifier, holder, verification status); in holder order,
 /// so concurrent claimers lock in the same order. `None` without changes.
 pub fn identifier_holders(
@@ -509,7 +517,7 @@ pub fn identifier_holders(
     dialect: Dialect,
 ) -> Option<Statement> {
     let mut b = Builder::new(dialect, "");
-    for (i, channel) in [Channel::Email, Channel::Phone].into_iter().enumerate() {
+    for channel in [Channel::Email, Channel::Phone] {
         let values: Vec<Bind> = changes
             .iter()
             .filter(|c| c.channel == channel)
@@ -521,7 +529,7 @@ pub fn identifier_holders(
         if !b.sql.is_empty() {
             b.push(" UNION ");
         }
-        let name = ["email", "phone"][i];
+        let name = channel_name(channel);
         let (table, column) = identifier_column(channel);
         b.push(&format!(
             "SELECT '{name}', {column}, user_id, verification_status FROM {table} WHERE {column} IN "
