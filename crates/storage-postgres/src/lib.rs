@@ -26,6 +26,10 @@ use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
 // values always travel as bind parameters.
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
+/// How long a pooled connection may sit idle before it is tested on
+/// acquisition.
+const PING_IDLE_AFTER: Duration = Duration::from_mins(1);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The PostgreSQL store.
@@ -228,6 +232,19 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            // A connection in use within the last minute is handed out
+            // without a round trip to test it; one idle for longer is
+            // pinged first, so connections the server dropped meanwhile
+            // are replaced instead of failing a call.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(map_error)?;
@@ -254,6 +271,10 @@ impl PostgresStore {
 
 #[async_trait]
 impl SqlDatabase for PostgresStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
         Ok(Box::new(Conn(
             self.acquire_times

@@ -944,10 +944,26 @@ pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
 
     // Once verified, the address blocks unverified copies too, on insert
     // and on update, and nothing of the refused change is written.
-    let late = unverified_user(&["shared@example.com"], &[], 5);
+    let late = unverified_user(&["shared@example.com"], &["+14155550142"], 5);
     assert_eq!(
-        conflict_field(store.insert_user(&UserRecord::new(late, None)).await),
+        conflict_field(
+            store
+                .insert_user(&UserRecord::new(late.clone(), None))
+                .await
+        ),
         "email_address"
+    );
+    assert_eq!(store.get_user(&late.id).await.unwrap(), None);
+    let number_free = store
+        .count_users(&UserFilter {
+            query: Some("14155550142".into()),
+            ..UserFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        number_free, 0,
+        "the refused user's phone number was not kept"
     );
     assert_eq!(
         conflict_field(
@@ -973,6 +989,18 @@ pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
         store.get_user(&holder.id).await.unwrap().unwrap(),
         holder_now
     );
+
+    // A user created with a verified identifier claims it from the users
+    // holding it unverified, in the same transaction.
+    let waiting = unverified_user(&["later@example.com"], &[], 7);
+    insert(store.as_ref(), &waiting).await;
+    let newcomer = new_user(&["Later@example.com"], &[], None, 8);
+    insert(store.as_ref(), &newcomer).await;
+    let waiting_now = store.get_user(&waiting.id).await.unwrap().unwrap();
+    assert!(waiting_now.email_addresses.is_empty());
+    assert_eq!(waiting_now.updated_at, at(8));
+    let newcomer_now = store.get_user(&newcomer.id).await.unwrap().unwrap();
+    assert!(newcomer_now.email_addresses[0].verification.is_verified());
 }
 
 fn session_for(user: &User, offset: i64, lifetime_ms: i64) -> Session {

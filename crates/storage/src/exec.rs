@@ -21,7 +21,7 @@ use crate::search::{self, SearchStats, TrigramSample};
 use crate::sessions::{ColumnType, Value};
 use crate::sql::{
     self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement,
-    USER_WRITE_COLUMNS,
+    TableRows, USER_WRITE_COLUMNS,
 };
 use crate::{Mutation, StorageError, UserFilter, UserStore};
 
@@ -55,6 +55,8 @@ pub trait SqlTransaction: SqlConn {
 /// A database of one SQL backend.
 #[async_trait]
 pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
+    /// The placeholder syntax, and SQL, of this database.
+    fn dialect(&self) -> Dialect;
     /// A pooled connection, for reads.
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError>;
     /// A write transaction. Reads of a user inside it with `lock` set keep
@@ -260,7 +262,19 @@ async fn identifier_holders(
         let Some(statement) = sql::identifier_holders(chunk, user_id, conn.dialect()) else {
             continue;
         };
-        for row in conn.fetch_values(statement, &[ColumnType::Text; 4]).await? {
+        holders.extend(read_holders(conn, statement).await?);
+    }
+    Ok(holders)
+}
+
+/// Runs a statement ending in [`sql::identifier_holders`]' `SELECT`.
+async fn read_holders(
+    conn: &mut dyn SqlConn,
+    statement: Statement,
+) -> Result<Vec<Holder>, StorageError> {
+    let rows = conn.fetch_values(statement, &[ColumnType::Text; 4]).await?;
+    rows.into_iter()
+        .map(|row| {
             let holder = match <[Value; 4]>::try_from(row) {
                 Ok(
                     [
@@ -280,13 +294,9 @@ async fn identifier_holders(
                     }),
                 _ => None,
             };
-            holders.push(
-                holder
-                    .ok_or_else(|| StorageError::internal("identifier holder row is malformed"))?,
-            );
-        }
-    }
-    Ok(holders)
+            holder.ok_or_else(|| StorageError::internal("identifier holder row is malformed"))
+        })
+        .collect()
 }
 
 /// The refusal of an identifier another user holds.
@@ -315,6 +325,16 @@ async fn settle_uniqueness(
 ) -> Result<(), StorageError> {
     let changes = user.identifier_changes(before);
     let holders = identifier_holders(conn, &changes, user.id.as_str()).await?;
+    settle_with_holders(conn, user, changes, &holders).await
+}
+
+/// [`settle_uniqueness`] once the holders of `changes` are known.
+async fn settle_with_holders(
+    conn: &mut dyn SqlConn,
+    user: &User,
+    changes: Vec<IdentifierChange>,
+    holders: &[Holder],
+) -> Result<(), StorageError> {
     for change in changes {
         // Holders of the other verification state than the change's:
         // verified ones refuse an unverified change; unverified ones give
@@ -361,22 +381,80 @@ async fn settle_uniqueness(
     Ok(())
 }
 
-/// Inserts a user row and its identifiers.
+/// Inserts a user row and its identifiers, and reads who else holds
+/// them, in one call to the database; then settles uniqueness (see
+/// [`settle_uniqueness`]), which in the common case of identifiers no one
+/// else holds has nothing left to do. Releasing another user's unverified
+/// copy after the insert is as good as before it: only verified
+/// identifiers are unique.
 pub(crate) async fn insert_user(
     conn: &mut dyn SqlConn,
     record: &UserRecord,
 ) -> Result<(), StorageError> {
     let user = &record.user;
-    settle_uniqueness(conn, user, None).await?;
-    let binds = UserRow::from_record(record).binds(user);
-    conn.execute(sql::insert(
-        "users",
-        &USER_WRITE_COLUMNS,
-        binds,
+    let changes = user.identifier_changes(None);
+    let statement = sql::insert_then_holders(
+        new_user_rows(record),
+        &changes,
+        user.id.as_str(),
         conn.dialect(),
-    ))
-    .await?;
-    sync_identifiers(conn, user, &[], &[]).await
+    );
+    let holders = read_holders(conn, statement).await?;
+    settle_with_holders(conn, user, changes, &holders).await
+}
+
+/// The rows of a new user in each table.
+fn new_user_rows(record: &UserRecord) -> Vec<TableRows<'static>> {
+    let user = &record.user;
+    vec![
+        TableRows {
+            table: "users",
+            columns: &USER_WRITE_COLUMNS,
+            rows: vec![UserRow::from_record(record).binds(user)],
+        },
+        TableRows {
+            table: "email_addresses",
+            columns: &EMAIL_WRITE_COLUMNS,
+            rows: user
+                .email_addresses
+                .iter()
+                .map(|e| EmailRow::from_domain(&user.id, e).binds())
+                .collect(),
+        },
+        TableRows {
+            table: "phone_numbers",
+            columns: &PHONE_WRITE_COLUMNS,
+            rows: user
+                .phone_numbers
+                .iter()
+                .map(|p| PhoneRow::from_domain(&user.id, p).binds())
+                .collect(),
+        },
+    ]
+}
+
+/// Inserts a user without a transaction where one statement can do it
+/// (see [`sql::insert_unless_held`]): when no other user holds any of its
+/// identifiers, the common case, there is nothing to settle. Otherwise,
+/// and on SQLite, [`insert_user`] in a write transaction.
+async fn insert_new_user<D: SqlDatabase + ?Sized>(
+    db: &D,
+    record: &UserRecord,
+) -> Result<(), StorageError> {
+    let user = &record.user;
+    let dialect = db.dialect();
+    let changes = user.identifier_changes(None);
+    if let Some(statement) =
+        sql::insert_unless_held(new_user_rows(record), &changes, user.id.as_str(), dialect)
+    {
+        let mut conn = db.connection().await?;
+        if read_holders(conn.as_mut(), statement).await?.is_empty() {
+            return Ok(());
+        }
+    }
+    let mut tx = db.begin_write().await?;
+    insert_user(tx.as_mut(), record).await?;
+    tx.commit().await
 }
 
 /// Most values bound in one statement: under SQLite's limit (32 766) and
@@ -513,9 +591,7 @@ async fn delete_user(conn: &mut dyn SqlConn, id: &UserId) -> Result<(), StorageE
 impl<D: SqlDatabase> UserStore for D {
     #[tracing::instrument(name = "store.insert_user", skip_all)]
     async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
-        let mut tx = self.begin_write().await?;
-        insert_user(tx.as_mut(), record).await?;
-        tx.commit().await
+        insert_new_user(self, record).await
     }
 
     #[tracing::instrument(name = "store.insert_users", skip_all, fields(count = records.len()))]

@@ -410,17 +410,134 @@ pub fn insert_rows(
     rows: impl IntoIterator<Item = Vec<Bind>>,
     dialect: Dialect,
 ) -> Statement {
-    let mut b = Builder::new(
-        dialect,
-        &format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
-    );
+    let mut b = Builder::new(dialect, "");
+    push_insert_rows(&mut b, table, columns, rows);
+    b.finish()
+}
+
+fn push_insert_rows(
+    b: &mut Builder,
+    table: &str,
+    columns: &[&str],
+    rows: impl IntoIterator<Item = Vec<Bind>>,
+) {
+    b.push(&format!(
+        "INSERT INTO {table} ({}) VALUES ",
+        columns.join(", ")
+    ));
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
             b.push(", ");
         }
         b.bind_list(row);
     }
+}
+
+/// Rows for one table: its name, the columns, and each row's binds.
+#[derive(Clone, Debug)]
+pub struct TableRows<'a> {
+    pub table: &'a str,
+    pub columns: &'a [&'a str],
+    pub rows: Vec<Vec<Bind>>,
+}
+
+/// A new user's rows, then [`identifier_holders`] of its `changes`, in one
+/// call to the database: on PostgreSQL one statement whose `INSERT`s are
+/// data-modifying `WITH` clauses of the `SELECT`; on SQLite, which has no
+/// such clauses, the statements in sequence in one string (sqlx runs them
+/// all in one call to the connection's thread, binding values in order).
+/// The holders are read from before the inserts (PostgreSQL runs a
+/// statement's clauses on one snapshot), and exclude `user_id` anyway.
+pub fn insert_then_holders(
+    tables: Vec<TableRows<'_>>,
+    changes: &[IdentifierChange],
+    user_id: &str,
+    dialect: Dialect,
+) -> Statement {
+    let mut b = Builder::new(dialect, "");
+    let tables: Vec<_> = tables.into_iter().filter(|t| !t.rows.is_empty()).collect();
+    match dialect {
+        Dialect::Postgres => {
+            // Without holders to read, the last INSERT is the statement.
+            let clauses = if changes.is_empty() {
+                tables.len().saturating_sub(1)
+            } else {
+                tables.len()
+            };
+            for (i, t) in tables.into_iter().enumerate() {
+                if i < clauses {
+                    b.push(if i == 0 { "WITH " } else { ", " });
+                    b.push(&format!("w{i} AS ("));
+                    push_insert_rows(&mut b, t.table, t.columns, t.rows);
+                    b.push(")");
+                } else {
+                    b.push(" ");
+                    push_insert_rows(&mut b, t.table, t.columns, t.rows);
+                }
+            }
+            b.push(" ");
+        }
+        Dialect::Sqlite => {
+            for (i, t) in tables.into_iter().enumerate() {
+                if i > 0 {
+                    b.push("; ");
+                }
+                push_insert_rows(&mut b, t.table, t.columns, t.rows);
+            }
+            if !changes.is_empty() && !b.sql.is_empty() {
+                b.push("; ");
+            }
+        }
+    }
+    if !changes.is_empty() {
+        push_identifier_holders(&mut b, changes, user_id);
+    }
     b.finish()
+}
+
+/// On PostgreSQL, a new user's rows inserted only if no other user holds
+/// any of its identifiers (`changes`), and those holders, in one statement
+/// that needs no transaction around it: `WITH h AS (holders), w0 AS (INSERT
+/// … SELECT … WHERE NOT EXISTS (SELECT 1 FROM h)), … SELECT * FROM h`.
+/// Rows come back only when nothing was inserted. `None` on SQLite, which
+/// has no data-modifying `WITH` clauses.
+pub fn insert_unless_held(
+    tables: Vec<TableRows<'_>>,
+    changes: &[IdentifierChange],
+    user_id: &str,
+    dialect: Dialect,
+) -> Option<Statement> {
+    if dialect != Dialect::Postgres {
+        return None;
+    }
+    let mut b = Builder::new(dialect, "WITH h AS (");
+    if changes.is_empty() {
+        // No identifiers: no holders, and the same shape of answer.
+        b.push("SELECT '', '', '', '' WHERE false");
+    } else {
+        push_identifier_holders(&mut b, changes, user_id);
+    }
+    b.push(")");
+    for (i, t) in tables
+        .into_iter()
+        .filter(|t| !t.rows.is_empty())
+        .enumerate()
+    {
+        b.push(&format!(
+            ", w{i} AS (INSERT INTO {} ({}) SELECT * FROM (VALUES ",
+            t.table,
+            t.columns.join(", ")
+        ));
+        for (j, row) in t.rows.into_iter().enumerate() {
+            if j > 0 {
+                b.push(", ");
+            }
+            b.bind_list(row);
+        }
+        b.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM h))");
+    }
+    b.push(" SELECT * FROM h");
+    Some(b.finish())
 }
 
 /// `UPDATE` of one row by id; `binds` follow `columns`, whose first is `id`.
@@ -516,7 +633,16 @@ pub fn identifier_holders(
     user_id: &str,
     dialect: Dialect,
 ) -> Option<Statement> {
+    if changes.is_empty() {
+        return None;
+    }
     let mut b = Builder::new(dialect, "");
+    push_identifier_holders(&mut b, changes, user_id);
+    Some(b.finish())
+}
+
+fn push_identifier_holders(b: &mut Builder, changes: &[IdentifierChange], user_id: &str) {
+    let mut first = true;
     for channel in [Channel::Email, Channel::Phone] {
         let values: Vec<Bind> = changes
             .iter()
@@ -526,9 +652,10 @@ pub fn identifier_holders(
         if values.is_empty() {
             continue;
         }
-        if !b.sql.is_empty() {
+        if !first {
             b.push(" UNION ");
         }
+        first = false;
         let name = channel_name(channel);
         let (table, column) = identifier_column(channel);
         b.push(&format!(
@@ -538,11 +665,7 @@ pub fn identifier_holders(
         b.push(" AND user_id <> ");
         b.bind(Bind::Text(user_id.to_owned()));
     }
-    if b.sql.is_empty() {
-        return None;
-    }
     b.push(" ORDER BY 3");
-    Some(b.finish())
 }
 
 /// `SELECT` of one user by id ([`user_columns`]).
@@ -638,6 +761,94 @@ mod tests {
         let lite = count_users(&filter, &[], Dialect::Sqlite);
         assert!(lite.sql.contains("IN (?, ?)"));
         assert_eq!(lite.binds.len(), 3);
+    }
+
+    fn new_user_tables() -> Vec<TableRows<'static>> {
+        vec![
+            TableRows {
+                table: "users",
+                columns: &["id", "created_at"],
+                rows: vec![vec![Bind::Text("user_a".into()), Bind::Int(1)]],
+            },
+            TableRows {
+                table: "email_addresses",
+                columns: &["id", "user_id"],
+                rows: vec![
+                    vec![Bind::Text("idn_1".into()), Bind::Text("user_a".into())],
+                    vec![Bind::Text("idn_2".into()), Bind::Text("user_a".into())],
+                ],
+            },
+            TableRows {
+                table: "phone_numbers",
+                columns: &["id", "user_id"],
+                rows: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_new_user_and_its_holders_are_one_call() {
+        let changes = [IdentifierChange {
+            channel: Channel::Email,
+            normalized: "a@example.com".into(),
+            verified: true,
+        }];
+        let lite = insert_then_holders(new_user_tables(), &changes, "user_a", Dialect::Sqlite);
+        assert_eq!(
+            lite.sql,
+            "INSERT INTO users (id, created_at) VALUES (?, ?); \
+             INSERT INTO email_addresses (id, user_id) VALUES (?, ?), (?, ?); \
+             SELECT 'email', email_normalized, user_id, verification_status FROM email_addresses \
+             WHERE email_normalized IN (?) AND user_id <> ? ORDER BY 3"
+        );
+        assert_eq!(lite.binds.len(), 8);
+        let pg = insert_then_holders(new_user_tables(), &changes, "user_a", Dialect::Postgres);
+        assert!(
+            pg.sql.starts_with(
+                "WITH w0 AS (INSERT INTO users (id, created_at) VALUES ($1, $2)), \
+                 w1 AS (INSERT INTO email_addresses (id, user_id) VALUES ($3, $4), ($5, $6)) SELECT"
+            ),
+            "{}",
+            pg.sql
+        );
+        // Without identifiers there is nothing to ask: the insert alone.
+        let alone = insert_then_holders(
+            new_user_tables()[..1].to_vec(),
+            &[],
+            "user_a",
+            Dialect::Postgres,
+        );
+        assert_eq!(
+            alone.sql.trim(),
+            "INSERT INTO users (id, created_at) VALUES ($1, $2)"
+        );
+    }
+
+    #[test]
+    fn a_new_user_goes_in_unless_held_in_one_statement() {
+        let changes = [IdentifierChange {
+            channel: Channel::Email,
+            normalized: "a@example.com".into(),
+            verified: false,
+        }];
+        assert!(
+            insert_unless_held(new_user_tables(), &changes, "user_a", Dialect::Sqlite).is_none()
+        );
+        let pg =
+            insert_unless_held(new_user_tables(), &changes, "user_a", Dialect::Postgres).unwrap();
+        assert_eq!(pg.binds.len(), 8);
+        assert!(
+            pg.sql.starts_with("WITH h AS (SELECT 'email'"),
+            "{}",
+            pg.sql
+        );
+        assert_eq!(
+            pg.sql.matches("WHERE NOT EXISTS (SELECT 1 FROM h)").count(),
+            2,
+            "every table with rows waits on the holders: {}",
+            pg.sql
+        );
+        assert!(pg.sql.ends_with(" SELECT * FROM h"));
     }
 
     #[test]
