@@ -10,8 +10,7 @@
 //!   ceiling for writes.
 //!
 //! They use the same database settings as Roster's stores (SQLite in WAL
-//! with `synchronous=NORMAL`, a checkpoint every 10 000 pages and eight
-//! connections; PostgreSQL with
+//! with `synchronous=NORMAL` and eight connections; PostgreSQL with
 //! sixteen; neither tests a pooled connection before handing it out).
 //! Every other RPC is UNIMPLEMENTED.
 
@@ -52,7 +51,6 @@ async fn open(url: &str) -> anyhow::Result<Pool> {
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .pragma("wal_autocheckpoint", "10000")
             .busy_timeout(Duration::from_secs(10));
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(8)

@@ -27,9 +27,6 @@ use sqlx::sqlite::{
 // values always travel as bind parameters.
 use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 
-/// WAL pages written between checkpoints (see [`SqliteStore::connect`]).
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
-
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// The SQLite store.
@@ -227,11 +224,6 @@ impl SqliteStore {
             // In WAL mode NORMAL survives application crashes and keeps
             // commits from waiting on fsync.
             .synchronous(SqliteSynchronous::Normal)
-            // Checkpoint the WAL into the database every 10 000 pages
-            // (about 40 MB) instead of SQLite's 1 000: a page many commits
-            // changed is then copied and synced once per checkpoint, not
-            // once per 1 000 pages of commits.
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool_options = |connections| {

@@ -103,26 +103,28 @@ const QUERY_WINDOW: usize = 250;
 
 /// Loads a page of users. A `query` filter is tried on the first users in
 /// order first (see [`QUERY_WINDOW`]; a page found there is the page),
-/// then answered from the trigram index.
+/// unless the trigram sample says they cannot hold a page of matches; then
+/// it is answered from the trigram index.
 async fn list_users(
     conn: &mut dyn SqlConn,
     stats: &SearchStats,
     query: &ListQuery,
 ) -> Result<Vec<User>, StorageError> {
     let dialect = conn.dialect();
-    if query.filter.query.is_some() {
-        let users = conn
-            .fetch_users(sql::list_users_in_window(
-                query,
-                QUERY_WINDOW.max(query.limit.saturating_mul(10)),
-                dialect,
-            ))
-            .await?;
-        if users.len() >= query.limit {
-            return Ok(into_records(users)?.into_iter().map(|r| r.user).collect());
+    let mut trigrams = Vec::new();
+    if let Some(text) = &query.filter.query {
+        let sample = search_sample(conn, stats).await?;
+        let window = QUERY_WINDOW.max(query.limit.saturating_mul(10));
+        if sample.may_hold(text, query.limit, window) {
+            let users = conn
+                .fetch_users(sql::list_users_in_window(query, window, dialect))
+                .await?;
+            if users.len() >= query.limit {
+                return Ok(into_records(users)?.into_iter().map(|r| r.user).collect());
+            }
         }
+        trigrams = sample.rarest(text);
     }
-    let trigrams = search_trigrams(conn, stats, &query.filter).await?;
     let users = conn
         .fetch_users(sql::list_users(query, &trigrams, dialect))
         .await?;
@@ -130,8 +132,7 @@ async fn list_users(
 }
 
 /// The trigrams the index looks up for the `query` filter: the rarest of
-/// the query's (see [`crate::search`]), by a sample of users taken now and
-/// then.
+/// the query's (see [`crate::search`]).
 async fn search_trigrams(
     conn: &mut dyn SqlConn,
     stats: &SearchStats,
@@ -140,11 +141,18 @@ async fn search_trigrams(
     let Some(query) = &filter.query else {
         return Ok(Vec::new());
     };
-    let sample = match stats.fresh() {
+    Ok(search_sample(conn, stats).await?.rarest(query))
+}
+
+/// The store's sample of search texts' trigrams, taken now and then.
+async fn search_sample(
+    conn: &mut dyn SqlConn,
+    stats: &SearchStats,
+) -> Result<std::sync::Arc<TrigramSample>, StorageError> {
+    Ok(match stats.fresh() {
         Some(sample) => sample,
         None => stats.store(take_sample(conn).await?),
-    };
-    Ok(sample.rarest(query))
+    })
 }
 
 /// Search texts of users spread over the creation-time range: the users

@@ -69,6 +69,25 @@ impl TrigramSample {
         self.users
     }
 
+    /// Whether `window` users may hold `wanted` matches of `query`, by the
+    /// sample: a match holds every trigram of the query, so no more users
+    /// match than hold its least frequent one. True when the sample cannot
+    /// tell (no sample, or a query without trigrams).
+    pub fn may_hold(&self, query: &str, wanted: usize, window: usize) -> bool {
+        let least = trigrams(query)
+            .iter()
+            .map(|t| self.counts.get(t).copied().unwrap_or(0))
+            .min();
+        match least {
+            Some(count) if self.users > 0 => {
+                // count / users of the window's users, at most: compared
+                // in integers, count × window ≥ wanted × users.
+                u64::from(count) * window as u64 >= (wanted as u64) * (self.users as u64)
+            }
+            _ => true,
+        }
+    }
+
     /// The query's trigrams worth looking up: the [`MAX_TRIGRAMS`] least
     /// frequent in the sample (a trigram the sample never saw counts as
     /// rarest), earlier ones first among equals. Empty when the query has
@@ -150,6 +169,12 @@ mod tests {
         for common in ["see", "eed", "ed0", "d00", "000"] {
             assert!(!picked.contains(&common.to_owned()), "{picked:?}");
         }
+        // One sampled user in 1 000 holds `123`, so 250 users are not
+        // expected to hold 21 matches; every one holds `seed`'s trigrams.
+        assert!(!sample.may_hold("seed0001234", 21, 250));
+        assert!(sample.may_hold("seed", 21, 250));
+        assert!(sample.may_hold("sé", 21, 250), "no trigram: cannot tell");
+        assert!(TrigramSample::default().may_hold("seed0001234", 21, 250));
         // Never seen: rarest of all.
         assert_eq!(sample.rarest("xyz seed")[0], "xyz");
         assert!(sample.rarest("ab").is_empty());
