@@ -862,6 +862,17 @@ pub async fn query_matches_substrings_literally(store: Arc<dyn UserStore>) {
     assert_eq!(ids(s, q("lovelace")).await, set(&[&a]));
 }
 
+/// How many users the `query` filter matches.
+async fn matching(store: &dyn UserStore, query: &str) -> u64 {
+    store
+        .count_users(&UserFilter {
+            query: Some(query.into()),
+            ..UserFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// A user whose identifiers are all unverified.
 fn unverified_user(emails: &[&str], phones: &[&str], offset: i64) -> User {
     let mut user = new_user(emails, phones, None, offset);
@@ -933,14 +944,7 @@ pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
             .is_empty()
     );
     // Search follows: only the claimer matches the address now.
-    let found = store
-        .count_users(&UserFilter {
-            query: Some("shared@".into()),
-            ..UserFilter::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(found, 1);
+    assert_eq!(matching(store.as_ref(), "shared@").await, 1);
 
     // Once verified, the address blocks unverified copies too, on insert
     // and on update, and nothing of the refused change is written.
@@ -954,15 +958,9 @@ pub async fn only_verified_identifiers_are_unique(store: Arc<dyn UserStore>) {
         "email_address"
     );
     assert_eq!(store.get_user(&late.id).await.unwrap(), None);
-    let number_free = store
-        .count_users(&UserFilter {
-            query: Some("14155550142".into()),
-            ..UserFilter::default()
-        })
-        .await
-        .unwrap();
     assert_eq!(
-        number_free, 0,
+        matching(store.as_ref(), "14155550142").await,
+        0,
         "the refused user's phone number was not kept"
     );
     assert_eq!(
