@@ -425,6 +425,11 @@ fn push_insert_rows(
         "INSERT INTO {table} ({}) VALUES ",
         columns.join(", ")
     ));
+    push_rows(b, rows);
+}
+
+/// Rows of values, `(…), (…)`.
+fn push_rows(b: &mut Builder, rows: impl IntoIterator<Item = Vec<Bind>>) {
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
             b.push(", ");
@@ -528,12 +533,7 @@ pub fn insert_unless_held(
             t.table,
             t.columns.join(", ")
         ));
-        for (j, row) in t.rows.into_iter().enumerate() {
-            if j > 0 {
-                b.push(", ");
-            }
-            b.bind_list(row);
-        }
+        push_rows(&mut b, t.rows);
         b.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM h))");
     }
     b.push(" SELECT * FROM h");
