@@ -22,18 +22,30 @@ fn encode(value: u128) -> String {
     out.iter().map(|&b| char::from(b)).collect()
 }
 
+/// Each byte's digit in [`ALPHABET`], or [`NOT_A_DIGIT`].
+const DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut digit: u8 = 0;
+    while (digit as usize) < ALPHABET.len() {
+        digits[ALPHABET[digit as usize] as usize] = digit;
+        digit += 1;
+    }
+    digits
+};
+const NOT_A_DIGIT: u8 = u8::MAX;
+
 fn decode(text: &str) -> Option<u128> {
     if text.len() != ENCODED_LEN {
         return None;
     }
     let mut value: u128 = 0;
     for (i, c) in text.bytes().enumerate() {
-        let digit = ALPHABET.iter().position(|&a| a == c)?;
+        let digit = DIGITS[usize::from(c)];
         // The first character carries only the top 3 bits of 128.
-        if i == 0 && digit > 7 {
+        if digit == NOT_A_DIGIT || (i == 0 && digit > 7) {
             return None;
         }
-        value = (value << 5) | u128::try_from(digit).ok()?;
+        value = (value << 5) | u128::from(digit);
     }
     Some(value)
 }

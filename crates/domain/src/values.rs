@@ -112,6 +112,21 @@ impl Email {
         Ok(Self(format!("{local}@{domain}")))
     }
 
+    /// An address read back from storage, which holds only what [`parse`]
+    /// produced. Checked for an address's shape (a non-empty local part,
+    /// `@`, a domain, no spaces, at most [`Self::MAX_LEN`] bytes) but not
+    /// parsed again: reading a user should not redo every write's work.
+    ///
+    /// [`parse`]: Self::parse
+    pub fn from_stored(text: &str) -> Option<Self> {
+        let (local, domain) = text.rsplit_once('@')?;
+        let shaped = !local.is_empty()
+            && !domain.is_empty()
+            && text.len() <= Self::MAX_LEN
+            && !text.contains(char::is_whitespace);
+        shaped.then(|| Self(text.to_owned()))
+    }
+
     /// The form uniqueness is decided on: the whole address lowercased.
     pub fn normalized(&self) -> String {
         self.0.to_lowercase()
@@ -326,6 +341,24 @@ mod tests {
         assert!(Phone::parse("4155550101").is_err());
         assert!(Phone::parse("+1 123").is_err());
         assert!(Phone::parse("+999 1234567").is_err());
+    }
+
+    #[test]
+    fn stored_emails_are_read_back_by_shape() {
+        let parsed = Email::parse("Ada.Lovelace@Example.COM").unwrap();
+        assert_eq!(Email::from_stored(parsed.as_str()), Some(parsed));
+        let long = format!("{}@example.com", "a".repeat(250));
+        for corrupt in [
+            "",
+            "@",
+            "ada@",
+            "@example.com",
+            "ada example.com",
+            "a da@x.io",
+            &long,
+        ] {
+            assert_eq!(Email::from_stored(corrupt), None, "{corrupt:?}");
+        }
     }
 
     #[test]

@@ -336,8 +336,8 @@ impl EmailRow {
     fn to_domain(&self) -> Result<EmailAddress, StorageError> {
         Ok(EmailAddress {
             id: identification_id(&self.id)?,
-            email: Email::parse(&self.email_address)
-                .map_err(|_| corrupt("email address", &self.email_address))?,
+            email: Email::from_stored(&self.email_address)
+                .ok_or_else(|| corrupt("email address", &self.email_address))?,
             verification: self.verification.to_domain()?,
             created_at: Timestamp::from_millis(self.created_at),
             updated_at: Timestamp::from_millis(self.updated_at),
@@ -429,19 +429,36 @@ struct EmailJson(String, String, VerificationColumns, i64, i64);
 struct PhoneJson(String, String, VerificationColumns, Flag, Flag, i64, i64);
 
 /// A boolean column in JSON: PostgreSQL writes `true`, SQLite `1`.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum Flag {
-    Bool(bool),
-    Int(i64),
+///
+/// Read by a visitor that takes either, rather than an untagged enum,
+/// which buffers the value and builds an error for each shape it is not.
+struct Flag(bool);
+
+impl<'de> serde::Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Flag;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a boolean, or an integer 0 or 1")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Flag, E> {
+                Ok(Flag(v != 0))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Flag, E> {
+                Ok(Flag(v != 0))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Flag {
     fn get(&self) -> bool {
-        match self {
-            Self::Bool(b) => *b,
-            Self::Int(i) => *i != 0,
-        }
+        self.0
     }
 }
 
@@ -478,5 +495,21 @@ impl StoredUser {
             })
             .collect();
         self.row.into_record(emails, phones)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flag;
+
+    #[test]
+    fn flags_read_as_booleans_or_integers() {
+        let read = |json| serde_json::from_str::<Flag>(json).map(|f| f.get());
+        assert!(read("true").unwrap());
+        assert!(!read("false").unwrap());
+        assert!(read("1").unwrap());
+        assert!(!read("0").unwrap());
+        assert!(read("\"1\"").is_err());
+        assert!(read("null").is_err());
     }
 }
