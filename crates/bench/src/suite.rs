@@ -229,6 +229,13 @@ fn spawn_baseline(kind: Kind, database_url: Option<&str>, rows: usize) -> anyhow
     })
 }
 
+/// The PostgreSQL server databases are created on.
+fn postgres_admin_url(settings: &Settings) -> anyhow::Result<&str> {
+    settings.postgres_url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("the postgres backend needs --postgres-url (or ROSTER_TEST_POSTGRES_URL)")
+    })
+}
+
 /// A new empty database on `backend`, inside `dir` for SQLite.
 async fn new_database(
     settings: &Settings,
@@ -242,11 +249,7 @@ async fn new_database(
             dir.join(format!("{name}.db")).display()
         )),
         Backend::Postgres => {
-            let admin = settings.postgres_url.as_deref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the postgres backend needs --postgres-url (or ROSTER_TEST_POSTGRES_URL)"
-                )
-            })?;
+            let admin = postgres_admin_url(settings)?;
             let database = format!("roster_bench_{name}_{}", std::process::id());
             let pool = sqlx::PgPool::connect(admin).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -378,6 +381,11 @@ fn run_id() -> u64 {
 
 /// Runs the suite.
 pub async fn run(settings: Settings) -> anyhow::Result<Results> {
+    // Refused before anything is measured, not after the other backend's
+    // runs.
+    if settings.backends.contains(&Backend::Postgres) {
+        postgres_admin_url(&settings)?;
+    }
     let dir = std::env::temp_dir().join(format!("roster-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let scenarios = settings.scenarios();
