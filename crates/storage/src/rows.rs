@@ -440,7 +440,7 @@ impl<'de> serde::Deserialize<'de> for Flag {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = Flag;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a boolean, or an integer 0 or 1")
+                f.write_str("a boolean or an integer")
             }
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Flag, E> {
                 Ok(Flag(v))

@@ -670,13 +670,16 @@ fn push_identifier_holders(b: &mut Builder, changes: &[IdentifierChange], user_i
 
 /// `SELECT` of one user by id ([`user_columns`]).
 pub fn user_by_id(id: &str, dialect: Dialect) -> Statement {
-    static PREFIX: LazyLock<[String; 2]> = LazyLock::new(|| {
-        [Dialect::Postgres, Dialect::Sqlite].map(|dialect| {
-            let columns = user_columns(dialect);
-            format!("SELECT {columns} FROM users u WHERE u.id = ")
-        })
-    });
-    let prefix = &PREFIX[usize::from(dialect == Dialect::Sqlite)];
+    fn select(dialect: Dialect) -> String {
+        let columns = user_columns(dialect);
+        format!("SELECT {columns} FROM users u WHERE u.id = ")
+    }
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| select(Dialect::Postgres));
+    static SQLITE: LazyLock<String> = LazyLock::new(|| select(Dialect::Sqlite));
+    let prefix = match dialect {
+        Dialect::Postgres => &POSTGRES,
+        Dialect::Sqlite => &SQLITE,
+    };
     let mut b = Builder::new(dialect, prefix);
     b.bind(Bind::Text(id.to_owned()));
     b.finish()
