@@ -1,8 +1,9 @@
 //! Prometheus metrics, served at `/metrics` on the HTTP port in the
 //! OpenMetrics text format.
 //!
-//! Calls are counted by [`crate::rpc`] as they finish; the pool, hashing
-//! and readiness gauges are read when the metrics are scraped.
+//! Calls are counted by [`crate::rpc`] as they finish; the pool, group
+//! commit, hashing and readiness figures are read when the metrics are
+//! scraped.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,6 +58,8 @@ pub struct Metrics {
     pool_max: Gauge,
     pool_acquires: Counter,
     pool_wait: Counter<f64, AtomicU64>,
+    group_commits: Counter,
+    group_commit_inserts: Counter,
     hashes: Family<StateLabels, Gauge>,
     ready: Gauge,
     /// One scrape at a time: the pool counters advance by the difference
@@ -76,6 +79,8 @@ impl Default for Metrics {
             pool_max: Gauge::default(),
             pool_acquires: Counter::default(),
             pool_wait: Counter::default(),
+            group_commits: Counter::default(),
+            group_commit_inserts: Counter::default(),
             hashes: Family::default(),
             ready: Gauge::default(),
             scraping: std::sync::Mutex::new(()),
@@ -122,6 +127,16 @@ impl Default for Metrics {
             metrics.pool_wait.clone(),
         );
         r.register(
+            "db_group_commits",
+            "Write transactions shared by the inserts of new users waiting for them (SQLite)",
+            metrics.group_commits.clone(),
+        );
+        r.register(
+            "db_group_commit_inserts",
+            "Inserts of new users those transactions took (the ratio is the mean per transaction)",
+            metrics.group_commit_inserts.clone(),
+        );
+        r.register(
             "password_hashes",
             "Password hashes waiting for a slot (queued) or running",
             metrics.hashes.clone(),
@@ -158,6 +173,15 @@ impl Metrics {
             if waited > 0.0 {
                 self.pool_wait.inc_by(waited);
             }
+        }
+        if let Some(group) = state.users.group_commit_stats() {
+            self.group_commits
+                .inc_by(group.transactions.saturating_sub(self.group_commits.get()));
+            self.group_commit_inserts.inc_by(
+                group
+                    .inserts
+                    .saturating_sub(self.group_commit_inserts.get()),
+            );
         }
         let (queued, running) = state.hasher.queue();
         self.hashes

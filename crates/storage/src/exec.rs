@@ -15,6 +15,7 @@ use roster_domain::{
     UserId, UserRecord,
 };
 
+use crate::group_commit::GroupCommit;
 use crate::query::ListQuery;
 use crate::rows::{EmailRow, PhoneRow, StoredUser, UserRow};
 use crate::search::{self, SearchStats, TrigramSample};
@@ -66,6 +67,12 @@ pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     fn pool_stats(&self) -> crate::PoolStats;
     /// What the store knows of its search texts' trigrams.
     fn search_stats(&self) -> &SearchStats;
+    /// Where inserts of new users wait to share a write transaction, on a
+    /// backend with one writer at a time (see [`crate::group_commit`]);
+    /// `None` where each insert commits alone.
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        None
+    }
 }
 
 /// Turns users read with [`sql::user_columns`] into records.
@@ -251,7 +258,7 @@ fn stored_user_id(text: &str) -> Result<UserId, StorageError> {
 }
 
 /// A user holding an email address or phone number.
-struct Holder {
+pub(crate) struct Holder {
     channel: Channel,
     normalized: String,
     user_id: String,
@@ -337,7 +344,7 @@ async fn settle_uniqueness(
 }
 
 /// [`settle_uniqueness`] once the holders of `changes` are known.
-async fn settle_with_holders(
+pub(crate) async fn settle_with_holders(
     conn: &mut dyn SqlConn,
     user: &User,
     changes: Vec<IdentifierChange>,
@@ -400,15 +407,48 @@ pub(crate) async fn insert_user(
     record: &UserRecord,
 ) -> Result<(), StorageError> {
     let user = &record.user;
+    let (changes, holders) = insert_unindexed(conn, record, "").await?;
+    settle_with_holders(conn, user, changes, &holders).await?;
+    index_new_users(conn, &[&user.id]).await
+}
+
+/// Inserts a user's rows, not yet in the search index (see
+/// [`index_new_users`]), and returns its identifiers with who else holds
+/// them: what [`settle_with_holders`] takes. `before` is SQL without
+/// parameters to run first, in the same call: SQLite only, which runs
+/// several statements in one call; empty elsewhere.
+pub(crate) async fn insert_unindexed(
+    conn: &mut dyn SqlConn,
+    record: &UserRecord,
+    before: &str,
+) -> Result<(Vec<IdentifierChange>, Vec<Holder>), StorageError> {
+    let user = &record.user;
     let changes = user.identifier_changes(None);
-    let statement = sql::insert_then_holders(
+    let mut statement = sql::insert_then_holders(
         new_user_rows(record),
         &changes,
         user.id.as_str(),
         conn.dialect(),
     );
+    debug_assert!(before.is_empty() || conn.dialect() == Dialect::Sqlite);
+    statement.sql.insert_str(0, before);
     let holders = read_holders(conn, statement).await?;
-    settle_with_holders(conn, user, changes, &holders).await
+    Ok((changes, holders))
+}
+
+/// Adds new users to the search index where the store keeps it (see
+/// [`sql::index_new_users`]).
+pub(crate) async fn index_new_users(
+    conn: &mut dyn SqlConn,
+    ids: &[impl std::borrow::Borrow<UserId> + Sync],
+) -> Result<(), StorageError> {
+    let ids: Vec<&str> = ids.iter().map(|id| id.borrow().as_str()).collect();
+    for chunk in ids.chunks(MAX_BINDS) {
+        if let Some(statement) = sql::index_new_users(chunk, conn.dialect()) {
+            conn.execute(statement).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The rows of a new user in each table.
@@ -443,12 +483,16 @@ fn new_user_rows(record: &UserRecord) -> Vec<TableRows<'static>> {
 
 /// Inserts a user without a transaction where one statement can do it
 /// (see [`sql::insert_unless_held`]): when no other user holds any of its
-/// identifiers, the common case, there is nothing to settle. Otherwise,
-/// and on SQLite, [`insert_user`] in a write transaction.
-async fn insert_new_user<D: SqlDatabase + ?Sized>(
+/// identifiers, the common case, there is nothing to settle. Otherwise
+/// [`insert_user`] in a write transaction: one shared with other inserts
+/// where the backend has a [`GroupCommit`] (SQLite), its own elsewhere.
+async fn insert_new_user<D: SqlDatabase + Clone + 'static>(
     db: &D,
     record: &UserRecord,
 ) -> Result<(), StorageError> {
+    if let Some(group) = db.group_commit() {
+        return group.insert(db, record).await;
+    }
     let user = &record.user;
     let dialect = db.dialect();
     let changes = user.identifier_changes(None);
@@ -541,7 +585,9 @@ async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<
                 .map(|p| PhoneRow::from_domain(&r.user.id, p).binds())
         })
         .collect();
-    insert_chunked(conn, "phone_numbers", &PHONE_WRITE_COLUMNS, phones).await
+    insert_chunked(conn, "phone_numbers", &PHONE_WRITE_COLUMNS, phones).await?;
+    let ids: Vec<&UserId> = records.iter().map(|r| &r.user.id).collect();
+    index_new_users(conn, &ids).await
 }
 
 /// Writes the difference between the stored user and the mutated record,
@@ -596,7 +642,7 @@ async fn delete_user(conn: &mut dyn SqlConn, id: &UserId) -> Result<(), StorageE
 }
 
 #[async_trait]
-impl<D: SqlDatabase> UserStore for D {
+impl<D: SqlDatabase + Clone + 'static> UserStore for D {
     #[tracing::instrument(name = "store.insert_user", skip_all)]
     async fn insert_user(&self, record: &UserRecord) -> Result<(), StorageError> {
         insert_new_user(self, record).await
@@ -677,6 +723,10 @@ impl<D: SqlDatabase> UserStore for D {
 
     fn pool_stats(&self) -> Option<crate::PoolStats> {
         Some(SqlDatabase::pool_stats(self))
+    }
+
+    fn group_commit_stats(&self) -> Option<crate::group_commit::GroupCommitStats> {
+        self.group_commit().map(GroupCommit::stats)
     }
 
     #[tracing::instrument(name = "store.ping", skip_all)]

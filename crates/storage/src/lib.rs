@@ -9,6 +9,8 @@
 //! - [`query`]: list filters, orderings, keyset cursors and page tokens.
 //! - [`exec`]: the `UserStore` of every SQL backend, over two small traits
 //!   a backend implements (connections and transactions).
+//! - [`group_commit`]: inserts of new users sharing one write transaction
+//!   on a backend with one writer.
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
 //! - [`search`]: which trigrams a `query` filter looks up.
@@ -21,6 +23,7 @@
 
 pub mod contract;
 pub mod exec;
+pub mod group_commit;
 pub mod query;
 pub mod rows;
 pub mod search;
@@ -171,6 +174,12 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
 
     /// The connection pool's state, for backends that have one.
     fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+
+    /// What inserts sharing write transactions have done, for backends
+    /// where they do (see [`group_commit`]).
+    fn group_commit_stats(&self) -> Option<group_commit::GroupCommitStats> {
         None
     }
 }

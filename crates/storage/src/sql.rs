@@ -591,6 +591,26 @@ pub fn search_texts_from(at: i64, count: usize, dialect: Dialect) -> Statement {
     b.finish()
 }
 
+/// Adds new users to SQLite's full-text index of search texts, which the
+/// store keeps itself for inserts (see `migrations/sqlite/0009`): `None`
+/// on PostgreSQL, whose trigram index is an index of the users table, or
+/// for no users.
+pub fn index_new_users(ids: &[&str], dialect: Dialect) -> Option<Statement> {
+    if dialect != Dialect::Sqlite || ids.is_empty() {
+        return None;
+    }
+    let mut b = Builder::new(
+        dialect,
+        "INSERT INTO users_search (rowid, search_text) \
+         SELECT rowid, search_text FROM users WHERE id IN ",
+    );
+    b.bind_list(ids.iter().map(|id| Bind::Text((*id).to_owned())));
+    // FTS5 writes out its pending entries whenever a rowid comes lower
+    // than the one before.
+    b.push(" ORDER BY rowid");
+    Some(b.finish())
+}
+
 /// `DELETE` of one user.
 pub fn delete_user(id: &str, dialect: Dialect) -> Statement {
     let mut b = Builder::new(dialect, "DELETE FROM users WHERE id = ");

@@ -1,0 +1,201 @@
+//! Inserts that wait for SQLite's writer share one transaction, and each
+//! still succeeds or fails on its own.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed unwrap is a failed test"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
+use roster_storage::exec::SqlDatabase;
+use roster_storage::group_commit::GroupCommitStats;
+use roster_storage::sql::Statement;
+use roster_storage::{StorageError, UserFilter, UserStore};
+use roster_storage_sqlite::SqliteStore;
+
+fn user(email: &str, username: &str, offset: i64) -> UserRecord {
+    user_verified(email, true, username, offset)
+}
+
+fn user_verified(email: &str, verified: bool, username: &str, offset: i64) -> UserRecord {
+    let user = User::create(
+        NewUser {
+            identifiers: NewIdentifiers {
+                emails: vec![Email::parse(email).unwrap()],
+                phones: Vec::new(),
+                verified,
+            },
+            username: Some(Username::parse(username).unwrap()),
+            ..NewUser::default()
+        },
+        Timestamp::from_millis(1_700_000_000_000 + offset),
+    )
+    .unwrap();
+    UserRecord::new(user, None)
+}
+
+/// Polls `done` until it holds; panics after ten seconds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_inserts_commit_together_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+    store.migrate().await.unwrap();
+    let group = || store.group_commit().unwrap();
+    store
+        .insert_user(&user("taken@example.com", "taken", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        group().stats(),
+        GroupCommitStats {
+            transactions: 1,
+            inserts: 1
+        }
+    );
+
+    // Another writer holds SQLite's write lock: the next insert's
+    // transaction cannot begin, and the inserts after it queue.
+    let writer = store.begin_write().await.unwrap();
+    let spawn = |record: UserRecord| {
+        let store = store.clone();
+        tokio::spawn(async move { store.insert_user(&record).await })
+    };
+    let first = spawn(user("first@example.com", "first", 1));
+    until("the first insert's transaction is begun", || {
+        group().stats().transactions == 2
+    })
+    .await;
+    let queued = [
+        user("a@example.com", "alice", 2),
+        user("b@example.com", "taken", 3), // the store's username
+        user("c@example.com", "carol", 4),
+        user("first@example.com", "dave", 5), // the first insert's email
+        user("e@example.com", "erin", 6),
+        user("f@example.com", "erin", 7), // an earlier one in the queue's
+        user("g@example.com", "grace", 8),
+        user_verified("shared@example.com", false, "heidi", 9),
+        // Verified, it takes the address from heidi, unverified.
+        user("shared@example.com", "ivan", 10),
+    ];
+    // One at a time, so that they queue in this order.
+    let mut tasks = Vec::new();
+    for (i, record) in queued.iter().enumerate() {
+        tasks.push(spawn(record.clone()));
+        until("the insert waits", || group().waiting() == i + 1).await;
+    }
+    drop(writer);
+
+    first.await.unwrap().unwrap();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let fields: Vec<Option<String>> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(()) => None,
+            Err(StorageError::Conflict { field }) => Some(field),
+            Err(other) => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let conflict = |f: &str| Some(f.to_owned());
+    assert_eq!(
+        fields,
+        [
+            None,
+            conflict("username"),
+            None,
+            conflict("email_address"),
+            None,
+            conflict("username"),
+            None,
+            None,
+            None,
+        ]
+    );
+    // One transaction took all waiting inserts.
+    assert_eq!(
+        group().stats(),
+        GroupCommitStats {
+            transactions: 3,
+            inserts: 2 + queued.len() as u64
+        }
+    );
+
+    // The refused inserts left nothing behind: no user, no identifier, no
+    // search entry; the accepted ones are whole.
+    let heidi = &queued[7].user;
+    for (record, field) in queued.iter().zip(&fields) {
+        let stored = store.get_user(&record.user.id).await.unwrap();
+        if field.is_some() {
+            assert!(stored.is_none(), "{field:?}");
+        } else if record.user.id == heidi.id {
+            assert!(stored.unwrap().email_addresses.is_empty());
+        } else {
+            assert_eq!(stored.as_ref(), Some(&record.user));
+        }
+    }
+    assert_eq!(store.count_users(&UserFilter::default()).await.unwrap(), 8);
+    let matching = |query: &str| UserFilter {
+        query: Some(query.to_owned()),
+        ..UserFilter::default()
+    };
+    assert_eq!(store.count_users(&matching("erin")).await.unwrap(), 1);
+    assert_eq!(store.count_users(&matching("f@example")).await.unwrap(), 0);
+    assert_eq!(store.count_users(&matching("taken")).await.unwrap(), 1);
+    assert_eq!(store.count_users(&matching("shared@")).await.unwrap(), 1);
+    assert_eq!(store.count_users(&matching("heidi")).await.unwrap(), 1);
+    // The full-text index holds what the users table says, no more.
+    let check = Statement {
+        sql: "INSERT INTO users_search (users_search, rank) VALUES ('integrity-check', 1)"
+            .to_owned(),
+        binds: Vec::new(),
+    };
+    store
+        .connection()
+        .await
+        .unwrap()
+        .execute(check)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roster.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let users: Vec<UserRecord> = (0..500)
+        .map(|i| user(&format!("u{i}@example.com"), &format!("user{i}"), i))
+        .collect();
+    // Commits leave the users in the log; only a checkpoint puts them in
+    // the file.
+    store.insert_users(&users).await.unwrap();
+    until("a checkpoint copies the log into the file", || {
+        size() > before
+    })
+    .await;
+    assert_eq!(
+        store.count_users(&UserFilter::default()).await.unwrap(),
+        500
+    );
+}
