@@ -35,12 +35,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 pub struct SqliteStore {
     /// Connections for reads.
     pool: SqlitePool,
-    /// The connection that copies the write-ahead log back into the
-    /// database file (see [`checkpoint_in_background`]).
-    checkpoints: SqlitePool,
-    /// Dropped with the last clone of the store, which stops the
-    /// checkpoints.
-    _open: std::sync::Arc<()>,
     /// The one connection write transactions use. Its page cache stays
     /// valid from one write to the next (a connection drops its cache when
     /// another one wrote since its last transaction), so a write finds the
@@ -249,33 +243,19 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(map_error)?;
-        let checkpoints = pool_options(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(map_error)?;
         let writes = pool_options(1)
             .connect_with(
                 options
                     // A savepoint's journal, which each insert sharing a
                     // transaction writes (see `roster_storage::group_commit`),
                     // is kept in memory.
-                    .pragma("temp_store", "memory")
-                    // Commits leave checkpoints, and their fsyncs, to
-                    // `checkpoint_in_background`.
-                    .pragma("wal_autocheckpoint", "0")
-                    // Once a checkpoint has copied all of it back, the
-                    // write-ahead log is cut to this size when it starts over.
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT),
+                    .pragma("temp_store", "memory"),
             )
             .await
             .map_err(map_error)?;
-        let open = std::sync::Arc::new(());
-        checkpoint_in_background(checkpoints.clone(), std::sync::Arc::downgrade(&open));
         Ok(Self {
             pool,
             writes,
-            checkpoints,
-            _open: open,
             writer: std::sync::Arc::default(),
             group_commit: std::sync::Arc::default(),
             acquire_times: std::sync::Arc::default(),
@@ -291,48 +271,11 @@ impl SqliteStore {
             .map_err(StorageError::internal)
     }
 
-    /// Closes the pools, waiting for connections in use.
+    /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
-        self.checkpoints.close().await;
         self.writes.close().await;
         self.pool.close().await;
     }
-}
-
-/// How often the write-ahead log is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
-
-/// Where the write-ahead log is cut back to, in bytes, when it starts over.
-const WAL_SIZE_LIMIT: &str = "67108864";
-
-/// Copies the write-ahead log back into the database file every
-/// [`CHECKPOINT_EVERY`], on a connection of its own, until the store is
-/// closed or dropped (`open` gone).
-///
-/// By default the commit that grows the log past 1 000 pages does this
-/// itself: the writer, which every write waits for, then waits for two
-/// fsyncs and the copy. A passive checkpoint here runs beside the writer
-/// and readers instead, and copies what it can without waiting for them.
-/// Durability is the same: in WAL mode with `synchronous = NORMAL`, a
-/// commit is in the log, not yet synced, either way.
-fn checkpoint_in_background(checkpoints: SqlitePool, open: std::sync::Weak<()>) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if open.strong_count() == 0 || checkpoints.is_closed() {
-                break;
-            }
-            let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)");
-            if let Err(error) = checkpoint.execute(&checkpoints).await
-                && !checkpoints.is_closed()
-            {
-                tracing::warn!(%error, "write-ahead log checkpoint failed");
-            }
-        }
-        checkpoints.close().await;
-    });
 }
 
 #[async_trait]

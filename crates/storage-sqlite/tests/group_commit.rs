@@ -173,29 +173,3 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         .await
         .unwrap();
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_is_checkpointed_in_the_background() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("roster.db");
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let size = || std::fs::metadata(&path).unwrap().len();
-    let before = size();
-    let users: Vec<UserRecord> = (0..500)
-        .map(|i| user(&format!("u{i}@example.com"), &format!("user{i}"), i))
-        .collect();
-    // Commits leave the users in the log; only a checkpoint puts them in
-    // the file.
-    store.insert_users(&users).await.unwrap();
-    until("a checkpoint copies the log into the file", || {
-        size() > before
-    })
-    .await;
-    assert_eq!(
-        store.count_users(&UserFilter::default()).await.unwrap(),
-        500
-    );
-}
