@@ -937,6 +937,22 @@ mod tests {
     }
 
     #[test]
+    fn new_users_enter_the_full_text_index_on_sqlite_only() {
+        assert!(index_new_users(&["user_a"], Dialect::Postgres).is_none());
+        assert!(index_new_users(&[], Dialect::Sqlite).is_none());
+        let lite = index_new_users(&["user_a", "user_b"], Dialect::Sqlite).unwrap();
+        assert_eq!(
+            lite.sql,
+            "INSERT INTO users_search (rowid, search_text) SELECT rowid, search_text \
+             FROM users WHERE id IN (?, ?) ORDER BY rowid"
+        );
+        assert_eq!(
+            lite.binds,
+            [Bind::Text("user_a".into()), Bind::Text("user_b".into())]
+        );
+    }
+
+    #[test]
     fn like_wildcards_are_literal() {
         assert_eq!(like_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
     }
