@@ -35,6 +35,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 pub struct SqliteStore {
     /// Connections for reads.
     pool: SqlitePool,
+    /// The connection that copies the write-ahead log back into the
+    /// database file (see [`checkpoint_in_background`]).
+    checkpoints: SqlitePool,
+    /// Dropped with the last clone of the store, which stops the
+    /// checkpoints.
+    _open: std::sync::Arc<()>,
     /// The one connection write transactions use. Its page cache stays
     /// valid from one write to the next (a connection drops its cache when
     /// another one wrote since its last transaction), so a write finds the
@@ -243,20 +249,39 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(map_error)?;
+        let checkpoints = pool_options(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(map_error)?;
         let writes = pool_options(1)
             .connect_with(
                 options
                     // A savepoint's journal, which each insert sharing a
                     // transaction writes (see `roster_storage::group_commit`),
                     // is kept in memory.
-                    .pragma("temp_store", "memory"),
+                    .pragma("temp_store", "memory")
+                    // Commits leave checkpoints, and their fsyncs, to
+                    // `checkpoint_in_background`.
+                    .pragma("wal_autocheckpoint", "0")
+                    // Once a checkpoint has copied all of it back, the
+                    // write-ahead log is cut to this size when it starts over.
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT),
             )
             .await
             .map_err(map_error)?;
+        let open = std::sync::Arc::new(());
+        let turns = std::sync::Arc::default();
+        checkpoint_in_background(
+            checkpoints.clone(),
+            std::sync::Arc::clone(&turns),
+            std::sync::Arc::downgrade(&open),
+        );
         Ok(Self {
             pool,
             writes,
-            writer: std::sync::Arc::default(),
+            checkpoints,
+            _open: open,
+            writer: turns,
             group_commit: std::sync::Arc::default(),
             acquire_times: std::sync::Arc::default(),
             search_stats: std::sync::Arc::default(),
@@ -271,11 +296,78 @@ impl SqliteStore {
             .map_err(StorageError::internal)
     }
 
-    /// Closes the pool, waiting for connections in use.
+    /// Closes the pools, waiting for connections in use.
     pub async fn close(&self) {
+        self.checkpoints.close().await;
         self.writes.close().await;
         self.pool.close().await;
     }
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Pages in the write-ahead log past which a checkpoint makes sure the
+/// log starts over (SQLite's own default for checkpoints in commits).
+const CHECKPOINT_PAGES: i64 = 1000;
+
+/// Where the write-ahead log is cut back to, in bytes, when it starts over.
+const WAL_SIZE_LIMIT: &str = "67108864";
+
+/// Copies the write-ahead log back into the database file every
+/// [`CHECKPOINT_EVERY`], on a connection of its own, until the store is
+/// closed or dropped (`open` gone).
+///
+/// By default the commit that grows the log past 1 000 pages does this
+/// itself, and every write waits while the writer copies the log and
+/// waits for two fsyncs. Here a passive checkpoint first copies what it can
+/// beside the writer and readers. The log starts over only when a write
+/// transaction begins after a checkpoint copied all of it; under steady
+/// writes the first pass runs while a transaction is open, whose commit
+/// adds pages it did not copy, and the log would grow without bound. So a
+/// log past [`CHECKPOINT_PAGES`] gets a second pass in the writer's turn,
+/// which copies the pages committed meanwhile, and the next write
+/// transaction starts the log over.
+/// Durability is the same: in WAL mode with `synchronous = NORMAL`, a
+/// commit is in the log, not yet synced, either way.
+fn checkpoint_in_background(
+    checkpoints: SqlitePool,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    open: std::sync::Weak<()>,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if open.strong_count() == 0 || checkpoints.is_closed() {
+                break;
+            }
+            let result = match checkpoint(&checkpoints).await {
+                Ok(pages) if pages >= CHECKPOINT_PAGES => {
+                    let _turn = writer.lock().await;
+                    checkpoint(&checkpoints).await.map(drop)
+                }
+                other => other.map(drop),
+            };
+            if let Err(error) = result
+                && !checkpoints.is_closed()
+            {
+                tracing::warn!(%error, "write-ahead log checkpoint failed");
+            }
+        }
+        checkpoints.close().await;
+    });
+}
+
+/// A passive checkpoint: copies the write-ahead log into the database
+/// file as far as no reader still needs it, without waiting for anyone.
+/// Returns the pages in the log.
+async fn checkpoint(checkpoints: &SqlitePool) -> Result<i64, sqlx::Error> {
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(checkpoints)
+        .await?
+        .try_get(1)
 }
 
 #[async_trait]

@@ -173,3 +173,85 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roster.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let users: Vec<UserRecord> = (0..500)
+        .map(|i| user(&format!("u{i}@example.com"), &format!("user{i}"), i))
+        .collect();
+    // Commits leave the users in the log; only a checkpoint puts them in
+    // the file.
+    store.insert_users(&users).await.unwrap();
+    until("a checkpoint copies the log into the file", || {
+        size() > before
+    })
+    .await;
+    assert_eq!(
+        store.count_users(&UserFilter::default()).await.unwrap(),
+        500
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_starts_over_under_steady_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roster.db");
+    let store = Arc::new(
+        SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    // Enough writers that some always wait: a write transaction is open
+    // whenever a checkpoint runs, and the next one begins as it ends.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..32)
+        .map(|writer| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{writer}n{i}");
+                    let record = user(&format!("{name}@example.com"), &name, i);
+                    store.insert_user(&record).await.unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // The pages in the log, read from the WAL index's header
+    // (https://sqlite.org/walformat.html: `mxFrame`, a native-endian u32
+    // at byte 16 of the -shm file) without touching the database.
+    let shm = dir.path().join("roster.db-shm");
+    let pages = || {
+        let header = std::fs::read(&shm).unwrap();
+        u32::from_ne_bytes(header[16..20].try_into().unwrap())
+    };
+    let mut most = 0;
+    let mut started_over = false;
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let now = pages();
+        if most >= 1000 && now < most {
+            started_over = true;
+            break;
+        }
+        most = most.max(now);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(
+        started_over,
+        "the log grew to {most} pages and never started over"
+    );
+}
