@@ -150,6 +150,11 @@ impl Default for Metrics {
     }
 }
 
+/// Moves `counter` up to `total`, a count the store keeps itself.
+fn advance(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 impl Metrics {
     /// The metrics in the OpenMetrics text format, with the gauges read
     /// from `state` now.
@@ -167,21 +172,15 @@ impl Metrics {
             gauge("idle").set(i64::from(pool.idle));
             gauge("in_use").set(i64::from(pool.size.saturating_sub(pool.idle)));
             self.pool_max.set(i64::from(pool.max));
-            self.pool_acquires
-                .inc_by(pool.acquires.saturating_sub(self.pool_acquires.get()));
+            advance(&self.pool_acquires, pool.acquires);
             let waited = pool.acquire_wait_seconds - self.pool_wait.get();
             if waited > 0.0 {
                 self.pool_wait.inc_by(waited);
             }
         }
         if let Some(group) = state.users.group_commit_stats() {
-            self.group_commits
-                .inc_by(group.transactions.saturating_sub(self.group_commits.get()));
-            self.group_commit_inserts.inc_by(
-                group
-                    .inserts
-                    .saturating_sub(self.group_commit_inserts.get()),
-            );
+            advance(&self.group_commits, group.transactions);
+            advance(&self.group_commit_inserts, group.inserts);
         }
         let (queued, running) = state.hasher.queue();
         self.hashes

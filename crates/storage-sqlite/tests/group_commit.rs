@@ -160,11 +160,9 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
     assert_eq!(store.count_users(&matching("shared@")).await.unwrap(), 1);
     assert_eq!(store.count_users(&matching("heidi")).await.unwrap(), 1);
     // The full-text index holds what the users table says, no more.
-    let check = Statement {
-        sql: "INSERT INTO users_search (users_search, rank) VALUES ('integrity-check', 1)"
-            .to_owned(),
-        binds: Vec::new(),
-    };
+    let check = Statement::unbound(
+        "INSERT INTO users_search (users_search, rank) VALUES ('integrity-check', 1)",
+    );
     store
         .connection()
         .await

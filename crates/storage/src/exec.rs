@@ -731,10 +731,7 @@ impl<D: SqlDatabase + Clone + 'static> UserStore for D {
 
     #[tracing::instrument(name = "store.ping", skip_all)]
     async fn ping(&self) -> Result<(), StorageError> {
-        let probe = Statement {
-            sql: "SELECT 1".to_owned(),
-            binds: Vec::new(),
-        };
+        let probe = Statement::unbound("SELECT 1");
         self.connection().await?.execute(probe).await?;
         Ok(())
     }

@@ -124,13 +124,6 @@ fn unanswered() -> StorageError {
     StorageError::internal("an insert's transaction ended without answering it")
 }
 
-fn statement(sql: &str) -> Statement {
-    Statement {
-        sql: sql.to_owned(),
-        binds: Vec::new(),
-    }
-}
-
 /// Inserts `batch` in one write transaction, each insert in a savepoint,
 /// and answers each once the transaction has ended.
 #[tracing::instrument(name = "store.insert_users_together", skip_all, fields(count = batch.len()))]
@@ -215,11 +208,12 @@ impl Inserts {
                 return Ok(Ok(()));
             }
             Ok(_) => {
-                conn.execute(statement(&savepoint.roll_back())).await?;
+                conn.execute(Statement::unbound(&savepoint.roll_back()))
+                    .await?;
                 index_new_users(conn, &self.unindexed).await?;
                 self.unindexed.clear();
                 savepoint = self.begin();
-                conn.execute(statement(&savepoint.sql)).await?;
+                conn.execute(Statement::unbound(&savepoint.sql)).await?;
                 insert_user(conn, record).await
             }
             Err(refused) => Err(refused),
@@ -229,7 +223,7 @@ impl Inserts {
         } else {
             savepoint.roll_back()
         };
-        conn.execute(statement(&end)).await?;
+        conn.execute(Statement::unbound(&end)).await?;
         Ok(outcome)
     }
 

@@ -42,6 +42,16 @@ pub struct Statement {
     pub binds: Vec<Bind>,
 }
 
+impl Statement {
+    /// SQL with nothing to bind.
+    pub fn unbound(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            binds: Vec::new(),
+        }
+    }
+}
+
 /// Columns of `users u` every backend selects to build a user, in this
 /// order.
 /// Metadata is read as text in both dialects.
@@ -572,10 +582,7 @@ pub fn delete_by_ids(table: &str, ids: &[&IdentificationId], dialect: Dialect) -
 
 /// `SELECT` of the first and last `created_at` of all users.
 pub fn creation_range() -> Statement {
-    Statement {
-        sql: "SELECT min(created_at), max(created_at) FROM users".to_owned(),
-        binds: Vec::new(),
-    }
+    Statement::unbound("SELECT min(created_at), max(created_at) FROM users")
 }
 
 /// `SELECT` of the search texts of the `count` users created first at or
