@@ -7,6 +7,9 @@
 //!   it). `scripts/bench` runs it with a PostgreSQL of its own.
 //! - `roster-bench seed`: loads the dataset into a database, or creates
 //!   it through a running Roster.
+//! - `roster-bench load`: runs one scenario against a Roster already
+//!   running, e.g. on a database `seed` filled once, to measure a change
+//!   without seeding again.
 //! - `roster-bench baseline`: serves one baseline (the suite starts these).
 
 mod baseline;
@@ -50,6 +53,32 @@ enum Command {
         users: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// Runs one scenario against a running Roster, seeded with `--users`
+    /// users by `seed`, and prints its report as JSON.
+    Load {
+        /// Roster's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        #[arg(long, value_enum)]
+        scenario: load::Scenario,
+        /// Users `seed` created: the search terms are drawn from them.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup_seconds: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Total calls per second; as fast as the server answers if unset.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The server's process id, for its CPU time and memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Serves one baseline until killed.
     Baseline {
@@ -97,6 +126,29 @@ async fn main() -> anyhow::Result<()> {
                 channels.push(endpoint.connect().await?);
             }
             seed::seed(&channels, users, concurrency).await?;
+            Ok(())
+        }
+        Command::Load {
+            target,
+            scenario,
+            users,
+            concurrency,
+            connections,
+            warmup_seconds,
+            seconds,
+            rate,
+            server_pid,
+        } => {
+            let load = load::Load {
+                concurrency,
+                warmup: std::time::Duration::from_secs(warmup_seconds),
+                duration: std::time::Duration::from_secs(seconds),
+                requests: None,
+                rate,
+                server_pid,
+            };
+            let report = suite::load_running(&target, connections, users, scenario, &load).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Baseline {

@@ -1,7 +1,7 @@
 //! The whole benchmark in one run: on each backend, Roster (seeded with a
-//! dataset) under every scenario, then the baselines under the same load,
-//! on the same machine, one server at a time; every Roster figure is also
-//! given as a ratio to its baseline.
+//! dataset) under every scenario, a fresh process per scenario, then the
+//! baselines under the same load, on the same machine, one server at a
+//! time; every Roster figure is also given as a ratio to its baseline.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -323,16 +323,29 @@ impl Settings {
     }
 }
 
-/// Runs one server's scenarios.
+/// What a server's callers pick from: [`Target`] without the channels.
+struct Picks {
+    ids: Arc<Vec<String>>,
+    queries: Arc<Vec<String>>,
+    run: u64,
+}
+
+/// Runs one server's scenarios, then stops it.
 async fn measure(
     settings: &Settings,
-    server: &mut Server,
-    target: Target,
+    mut server: Server,
+    picks: &Picks,
     scenarios: &[Scenario],
     backend: Option<Backend>,
     name: &'static str,
     rows: &mut Vec<Row>,
-) {
+) -> anyhow::Result<()> {
+    let target = Target {
+        channels: server.channels(settings.connections).await?,
+        ids: picks.ids.clone(),
+        queries: picks.queries.clone(),
+        run: picks.run,
+    };
     for &scenario in scenarios {
         let report = load::run(
             &target,
@@ -371,6 +384,65 @@ async fn measure(
             });
         }
     }
+    server.stop().await
+}
+
+/// Search terms for a dataset of `users`: enough to spread over it.
+fn search_terms(users: usize) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..users)
+            .step_by((users / 1000).max(1))
+            .map(seed::username)
+            .collect(),
+    )
+}
+
+/// Users the `load` command calls by id: the first of the dataset.
+const LOAD_IDS: usize = 1000;
+
+/// Runs `scenario` against the Roster at `target`, whose dataset `seed`
+/// made with `users` users.
+pub async fn load_running(
+    target: &str,
+    connections: usize,
+    users: usize,
+    scenario: Scenario,
+    load: &Load,
+) -> anyhow::Result<Report> {
+    let endpoint = Endpoint::from_shared(target.to_owned())?.tcp_nodelay(true);
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(endpoint.connect().await?);
+    }
+    let mut client =
+        roster_proto::v1::user_service_client::UserServiceClient::new(channels[0].clone());
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    while ids.len() < LOAD_IDS {
+        let page = client
+            .list_users(roster_proto::v1::ListUsersRequest {
+                page_size: 100,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ids.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    anyhow::ensure!(!ids.is_empty(), "the server at {target} has no users");
+    let target = Target {
+        channels,
+        ids: Arc::new(ids),
+        queries: search_terms(users),
+        run: run_id(),
+    };
+    let report = load::run(&target, scenario, load).await;
+    print_report(scenario.name(), &report);
+    Ok(report)
 }
 
 fn run_id() -> u64 {
@@ -391,35 +463,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
     let scenarios = settings.scenarios();
     let mut rows = Vec::new();
     let run = run_id();
-    // Enough search terms to spread over the dataset.
-    let queries: Arc<Vec<String>> = Arc::new(
-        (0..settings.users)
-            .step_by((settings.users / 1000).max(1))
-            .map(seed::username)
-            .collect(),
-    );
+    let queries = search_terms(settings.users);
 
     eprintln!("baseline noop (transport)");
-    let mut noop = spawn_baseline(Kind::Noop, None, 0)?;
-    let channels = noop.channels(settings.connections).await?;
-    let ids: Arc<Vec<String>> = Arc::new((0..1000).map(baseline::row_id).collect());
-    let target = Target {
-        channels,
-        ids: ids.clone(),
+    let noop = spawn_baseline(Kind::Noop, None, 0)?;
+    let picks = Picks {
+        ids: Arc::new((0..1000).map(baseline::row_id).collect()),
         queries: queries.clone(),
         run,
     };
     measure(
         &settings,
-        &mut noop,
-        target,
+        noop,
+        &picks,
         &[Scenario::GetUser, Scenario::CreateUser],
         None,
         "noop",
         &mut rows,
     )
-    .await;
-    noop.stop().await?;
+    .await?;
 
     for &backend in &settings.backends {
         let backend_dir = dir.join(format!("{backend:?}").to_lowercase());
@@ -427,26 +489,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
 
         eprintln!("{backend:?}: roster, seeding {} users", settings.users);
         let url = new_database(&settings, backend, &backend_dir, "roster").await?;
-        let ids = Arc::new(seed::load(&url, settings.users).await?);
-        let mut roster = spawn_roster(&settings, &url, &backend_dir)?;
-        let channels = roster.channels(settings.connections).await?;
-        let target = Target {
-            channels,
-            ids,
+        let picks = Picks {
+            ids: Arc::new(seed::load(&url, settings.users).await?),
             queries: queries.clone(),
             run,
         };
-        measure(
-            &settings,
-            &mut roster,
-            target,
-            &scenarios,
-            Some(backend),
-            "roster",
-            &mut rows,
-        )
-        .await;
-        roster.stop().await?;
+        // Each scenario gets a Roster process of its own, over the same
+        // database, so that its memory figures are its own: memory one
+        // scenario's peak left with the allocator (40 concurrent password
+        // hashes, say) would otherwise show in the next one's.
+        for &scenario in &scenarios {
+            let roster = spawn_roster(&settings, &url, &backend_dir)?;
+            measure(
+                &settings,
+                roster,
+                &picks,
+                &[scenario],
+                Some(backend),
+                "roster",
+                &mut rows,
+            )
+            .await?;
+        }
         drop_database(&settings, &url).await?;
 
         // A baseline runs when a selected scenario is compared with it.
@@ -461,25 +525,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
             }
             eprintln!("{backend:?}: baseline {name}");
             let url = new_database(&settings, backend, &backend_dir, name).await?;
-            let mut server = spawn_baseline(kind, Some(&url), settings.users)?;
-            let channels = server.channels(settings.connections).await?;
-            let target = Target {
-                channels,
+            let server = spawn_baseline(kind, Some(&url), settings.users)?;
+            let picks = Picks {
                 ids: Arc::new((0..settings.users).map(baseline::row_id).collect()),
                 queries: queries.clone(),
                 run,
             };
             measure(
                 &settings,
-                &mut server,
-                target,
+                server,
+                &picks,
                 &[scenario],
                 Some(backend),
                 name,
                 &mut rows,
             )
-            .await;
-            server.stop().await?;
+            .await?;
             drop_database(&settings, &url).await?;
         }
     }
