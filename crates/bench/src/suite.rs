@@ -397,7 +397,8 @@ fn search_terms(users: usize) -> Arc<Vec<String>> {
     )
 }
 
-/// Users the `load` command calls by id: the first of the dataset.
+/// Users the `load` command calls by id: the newest, as ListUsers returns
+/// them by default.
 const LOAD_IDS: usize = 1000;
 
 /// Runs `scenario` against the Roster at `target`, whose dataset `seed`
@@ -496,8 +497,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         };
         // Each scenario gets a Roster process of its own, over the same
         // database, so that its memory figures are its own: memory one
-        // scenario's peak left with the allocator (40 concurrent password
-        // hashes, say) would otherwise show in the next one's.
+        // scenario's peak left with the allocator (a burst of password
+        // hashing, say) would otherwise show in the next one's.
         for &scenario in &scenarios {
             let roster = spawn_roster(&settings, &url, &backend_dir)?;
             measure(
