@@ -288,12 +288,21 @@ impl SqliteStore {
         })
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations, then fills the index of search terms
+    /// from the stored users if a migration created it empty
+    /// ([`roster_storage::exec::backfill_search_terms`]).
     pub async fn migrate(&self) -> Result<(), StorageError> {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(StorageError::internal)
+            .map_err(StorageError::internal)?;
+        let mut tx = self.begin_write().await?;
+        let indexed = roster_storage::exec::backfill_search_terms(tx.as_mut()).await?;
+        tx.commit().await?;
+        if indexed > 0 {
+            tracing::info!(users = indexed, "search index filled from the stored users");
+        }
+        Ok(())
     }
 
     /// Closes the pools, waiting for connections in use.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
-use roster_storage::exec::SqlDatabase;
+use roster_storage::exec::{SqlConn, SqlDatabase};
 use roster_storage::group_commit::GroupCommitStats;
 use roster_storage::sql::Statement;
 use roster_storage::{StorageError, UserFilter, UserStore};
@@ -159,17 +159,28 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
     assert_eq!(store.count_users(&matching("taken")).await.unwrap(), 1);
     assert_eq!(store.count_users(&matching("shared@")).await.unwrap(), 1);
     assert_eq!(store.count_users(&matching("heidi")).await.unwrap(), 1);
-    // The full-text index holds what the users table says, no more.
-    let check = Statement::unbound(
-        "INSERT INTO users_search (users_search, rank) VALUES ('integrity-check', 1)",
-    );
-    store
-        .connection()
-        .await
-        .unwrap()
-        .execute(check)
+    // The index of search terms is sound and holds the users table's
+    // rows, no more.
+    let mut conn = store.connection().await.unwrap();
+    conn.execute(Statement::unbound(
+        "INSERT INTO users_search_terms (users_search_terms) VALUES ('integrity-check')",
+    ))
+    .await
+    .unwrap();
+    let strays = conn
+        .fetch_count(Statement::unbound(
+            "SELECT count(*) FROM users_search_terms t \
+             WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.rowid = t.rowid)",
+        ))
         .await
         .unwrap();
+    let indexed = conn
+        .fetch_count(Statement::unbound(
+            "SELECT count(*) FROM users_search_terms",
+        ))
+        .await
+        .unwrap();
+    assert_eq!((strays, indexed), (0, 8));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

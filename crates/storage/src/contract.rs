@@ -1422,9 +1422,17 @@ pub async fn query_pages_match_filtering_in_memory(store: Arc<dyn UserStore>) {
         .map(|u| UserRecord::new(u.clone(), None))
         .collect();
     s.insert_users(&records).await.unwrap();
-    let cases = ["dense", "rare", "u01", "_", "nowhere"]
-        .into_iter()
-        .flat_map(|text| [(text, false, 7), (text, true, 7), (text, true, 60)]);
+    let cases = [
+        "dense",
+        "rare",
+        "u01",
+        "_",
+        "nowhere",
+        "0_dense",
+        "u0102_dense_rare",
+    ]
+    .into_iter()
+    .flat_map(|text| [(text, false, 7), (text, true, 7), (text, true, 60)]);
     for (text, descending, page_size) in cases {
         let order = OrderBy {
             field: OrderField::CreatedAt,

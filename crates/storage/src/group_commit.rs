@@ -25,7 +25,9 @@ use roster_domain::{UserId, UserRecord};
 use tokio::sync::oneshot;
 
 use crate::StorageError;
-use crate::exec::{SqlConn, SqlDatabase, index_new_users, insert_unindexed, insert_user};
+use crate::exec::{
+    SqlConn, SqlDatabase, index_new_users, insert_unindexed, insert_user, unindexed,
+};
 use crate::sql::Statement;
 
 /// Most inserts one transaction takes: enough to share a commit among
@@ -175,7 +177,7 @@ struct Inserts {
     /// releases it, in the same call, or the commit does.
     open: Option<usize>,
     /// Users inserted and not yet in the search index.
-    unindexed: Vec<UserId>,
+    unindexed: Vec<(UserId, String)>,
 }
 
 impl Inserts {
@@ -204,7 +206,7 @@ impl Inserts {
         let outcome = match insert_unindexed(conn, record, &savepoint.sql).await {
             Ok((_, holders)) if holders.is_empty() => {
                 self.open = Some(savepoint.number);
-                self.unindexed.push(record.user.id.clone());
+                self.unindexed.push(unindexed(&record.user));
                 return Ok(Ok(()));
             }
             Ok(_) => {

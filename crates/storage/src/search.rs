@@ -9,6 +9,16 @@
 //! trigram occurs from a sample of users and looks up only the rarest few.
 //! Any subset of the query's trigrams gives the same result (LIKE decides);
 //! the sample only decides the cost.
+//!
+//! SQLite's index also holds every six-character run of each searched
+//! value ([`GRAM`]): a query that long is looked up by a few of its own,
+//! whose posting lists are short where a trigram's can cover one user in a
+//! hundred (`seed0001234` shares `001`, `012`, `123` with every phone
+//! number and address that holds those digits). The index holds terms,
+//! not text ([`index_terms`], [`match_terms`]): a trigram or a six-run,
+//! hashed to a fixed-length token of letters and digits that FTS5's
+//! `ascii` tokenizer keeps whole, whatever characters it was made of. Two
+//! runs that hash alike only add candidates, which `LIKE` drops.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +39,102 @@ pub const SMALL_SAMPLE_LIFETIME: Duration = Duration::from_secs(30);
 /// at each: a sample of up to 2 000 users spread over the whole table.
 pub const SAMPLE_POINTS: usize = 20;
 pub const SAMPLE_USERS_PER_POINT: usize = 100;
+
+/// Characters in the longer runs SQLite's search index holds beside
+/// trigrams (see the module documentation).
+pub const GRAM: usize = 6;
+
+/// Most six-runs of a query looked up.
+const MAX_GRAMS: usize = 3;
+
+/// Bits kept of a trigram's hash: far more values than there are
+/// trigrams in use, so that two rarely share a term.
+const TRIGRAM_BITS: u32 = 24;
+
+/// Bits kept of a six-run's hash: about a million terms, which bounds the
+/// index's dictionary however many distinct runs the users hold; at a
+/// million users a term's posting list holds about 150 of them.
+const GRAM_BITS: u32 = 20;
+
+/// 64-bit FNV-1a: stable across releases and platforms, as terms written
+/// into a database must be.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The index term of a run of characters: `t` and six hex digits for a
+/// trigram, `g` and five for a six-run.
+fn term(run: &[char]) -> String {
+    let text: String = run.iter().collect();
+    let hash = fnv1a(text.as_bytes());
+    if run.len() == GRAM {
+        format!("g{:05x}", hash & ((1 << GRAM_BITS) - 1))
+    } else {
+        format!("t{:06x}", hash & ((1 << TRIGRAM_BITS) - 1))
+    }
+}
+
+/// The terms SQLite's search index holds for a user's search text: each
+/// distinct trigram and six-run of each of its lines, separated by
+/// spaces. A query holds no line break, so no run across two lines is
+/// needed.
+pub fn index_terms(search_text: &str) -> String {
+    let mut terms = std::collections::BTreeSet::new();
+    for line in search_text.split('\n') {
+        let chars: Vec<char> = line.chars().collect();
+        for size in [3, GRAM] {
+            terms.extend(chars.windows(size).map(term));
+        }
+    }
+    terms.into_iter().collect::<Vec<_>>().join(" ")
+}
+
+/// The index terms that narrow a search for `query` on SQLite, given the
+/// trigrams [`TrigramSample::rarest`] picked: a query shorter than
+/// [`GRAM`] is looked up by those trigrams; a longer one by six-runs of
+/// its own, each holding as many of the picked trigrams as a run can,
+/// the rarest first, and at least two runs when the query has two. A run is held by no more users than any of its
+/// trigrams, and a run of rare trigrams by few: `seed0001234` is looked
+/// up by `001234`, not by `seed00`, which one user in ten holds. Empty
+/// when nothing was picked.
+pub fn match_terms(query: &str, picked: &[String]) -> Vec<String> {
+    let chars: Vec<char> = query.chars().collect();
+    if chars.len() < GRAM {
+        let runs = picked.iter().map(|t| t.chars().collect::<Vec<_>>());
+        return runs.map(|run| term(&run)).collect();
+    }
+    let last = chars.len() - GRAM;
+    // Where each picked trigram first occurs in the query.
+    let at: Vec<usize> = picked
+        .iter()
+        .filter_map(|t| {
+            let t: Vec<char> = t.chars().collect();
+            chars.windows(3).position(|w| w == t.as_slice())
+        })
+        .collect();
+    let covers = |start: usize, p: usize| start <= p && p + 3 <= start + GRAM;
+    let mut starts: Vec<usize> = Vec::new();
+    for &p in &at {
+        if starts.iter().any(|&s| covers(s, p)) || starts.len() == MAX_GRAMS {
+            continue;
+        }
+        let first = p.saturating_sub(GRAM - 3).min(last);
+        let best = (first..=p.min(last))
+            .max_by_key(|&s| (at.iter().filter(|&&q| covers(s, q)).count(), usize::MAX - s));
+        starts.extend(best);
+    }
+    // A run's term is shared, by hashing, with about 150 others at a
+    // million users: a second run, next to the first, makes the users
+    // holding both terms by chance few.
+    if let [only] = starts[..]
+        && last > 0
+    {
+        starts.push(if only < last { only + 1 } else { only - 1 });
+    }
+    starts.iter().map(|&s| term(&chars[s..s + GRAM])).collect()
+}
 
 /// The distinct trigrams (three consecutive characters) of `text`, in
 /// order of first occurrence.
@@ -155,6 +261,66 @@ mod tests {
         assert_eq!(trigrams("ab"), Vec::<String>::new());
         assert_eq!(trigrams("aaaa"), vec!["aaa"]);
         assert_eq!(trigrams("zoë@x"), vec!["zoë", "oë@", "ë@x"]);
+    }
+
+    #[test]
+    fn terms_are_fixed_length_tokens_of_each_line() {
+        // Pinned: terms are written into databases, so their hash cannot
+        // change between releases.
+        assert_eq!(term(&['a', 'b', 'c']), "t41574b");
+        assert_eq!(index_terms("ab"), "");
+        let terms = index_terms("zoë \"x\"\nabc");
+        let terms: Vec<&str> = terms.split(' ').collect();
+        // Trigrams: 5 of the first line, 1 of the second; six-runs: 2.
+        assert_eq!(terms.len(), 8, "{terms:?}");
+        for t in &terms {
+            assert!(t.chars().all(|c| c.is_ascii_alphanumeric()), "{t}");
+            assert_eq!(t.len(), if t.starts_with('g') { 6 } else { 7 });
+        }
+        // No run crosses the line break.
+        assert!(!terms.contains(&term(&['"', '\n', 'a']).as_str()));
+        assert_eq!(index_terms("abcdefg\nabcdefg"), index_terms("abcdefg"));
+    }
+
+    #[test]
+    fn a_match_is_narrowed_by_terms_its_user_holds() {
+        let text = "user_2x\nseed0001234\nseed0001234.0@example0.com\n+4915100002468";
+        let held = index_terms(text);
+        let held: Vec<&str> = held.split(' ').collect();
+        for query in ["seed0001234", "0001234.0@ex", "02468", "ser", "+491510"] {
+            let sample = TrigramSample::new([text]);
+            let terms = match_terms(query, &sample.rarest(query));
+            assert!(!terms.is_empty(), "{query}");
+            for t in &terms {
+                assert!(held.contains(&t.as_str()), "{query}: {t}");
+            }
+        }
+        let picked = ["123".to_owned(), "234".to_owned(), "012".to_owned()];
+        let runs = |runs: &[&str]| -> Vec<String> {
+            runs.iter()
+                .map(|r| term(&r.chars().collect::<Vec<_>>()))
+                .collect()
+        };
+        assert_eq!(
+            match_terms("seed0001234", &picked),
+            runs(&["001234", "000123"]),
+            "one run holds all three; its neighbour narrows the hash"
+        );
+        assert_eq!(match_terms("0001234", &picked), runs(&["001234", "000123"]));
+        assert_eq!(match_terms("001234", &picked), runs(&["001234"]));
+        let apart = ["see".to_owned(), "234".to_owned()];
+        assert_eq!(
+            match_terms("seed0001234", &apart),
+            runs(&["seed00", "001234"])
+        );
+        assert!(match_terms("seed0001234", &[]).is_empty());
+        assert_eq!(
+            match_terms("seed0", &["ed0".into()]),
+            vec![term(&['e', 'd', '0'])]
+        );
+        assert!(match_terms("ab", &[]).is_empty());
+        let other = match_terms("seed0001235", &["235".into()]);
+        assert!(!held.contains(&other[0].as_str()));
     }
 
     #[test]

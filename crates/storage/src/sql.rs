@@ -279,9 +279,10 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
     }
     if let Some(query) = &filter.query {
         // `search_text` holds the searched fields, lowercased (see
-        // `User::search_text`). The trigram index narrows the candidates
-        // to the users holding `trigrams` (FTS5 on SQLite, pg_trgm's GIN
-        // index answering a LIKE per trigram on PostgreSQL); LIKE over the
+        // `User::search_text`). The index narrows the candidates to the
+        // users holding `trigrams` (pg_trgm's GIN index answering a LIKE
+        // per trigram on PostgreSQL), or on SQLite the terms
+        // `search::match_terms` makes of them and the query; LIKE over the
         // whole query keeps the match exact. On PostgreSQL that LIKE is
         // kept out of the index (`|| ''`), which would otherwise look up
         // every trigram of the query again.
@@ -290,12 +291,12 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
         } else {
             match b.dialect {
                 Dialect::Sqlite => {
-                    let terms: Vec<String> = trigrams
-                        .iter()
-                        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-                        .collect();
+                    // Terms are letters and digits (`search::match_terms`):
+                    // nothing in them needs quoting.
+                    let terms = crate::search::match_terms(query, trigrams);
                     b.push(
-                        " AND u.rowid IN (SELECT rowid FROM users_search WHERE users_search MATCH ",
+                        " AND u.rowid IN (SELECT rowid FROM users_search_terms \
+                         WHERE users_search_terms MATCH ",
                     );
                     b.bind(Bind::Text(terms.join(" AND ")));
                     b.push(")");
@@ -382,20 +383,44 @@ fn push_page(b: &mut Builder, query: &ListQuery, limit: usize) {
         b.bind(Bind::Text(cursor.id.clone()));
         b.push(")");
     }
-    b.push(&format!(" ORDER BY {sort} {dir}, u.id {dir} LIMIT "));
-    b.bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    // A literal, not a parameter (see [`limit_clause`]).
+    b.push(&format!(
+        " ORDER BY {sort} {dir}, u.id {dir}{}",
+        limit_clause(limit)
+    ));
 }
 
-/// `AND <text> LIKE` the substring `query`, matched literally.
+/// ` LIMIT n`, with `n` written into the SQL. SQLite compiles a statement
+/// whose `LIMIT` is a parameter again each time the parameter is bound (it
+/// plans with the bound value), so a parameter would recompile every page
+/// read; a literal leaves one compiled statement per page size, which the
+/// connection's statement cache keeps.
+fn limit_clause(limit: usize) -> String {
+    format!(" LIMIT {limit}")
+}
+
+/// `AND <text>` holds the substring `query`, matched literally.
+///
+/// SQLite compares with `instr`, not `LIKE`: a statement whose `LIKE`
+/// pattern is a parameter is compiled again on every run with a new
+/// pattern (the pattern may allow an index), and a page of users is a
+/// long statement to compile. Both sides are lowercase (see
+/// `User::search_text`), which is all `LIKE`'s case folding added.
 fn push_like(b: &mut Builder, text: &str, query: &str) {
     b.push(" AND ");
-    b.push(text);
-    b.push(" LIKE ");
-    b.bind(Bind::Text(like_pattern(query)));
-    // PostgreSQL's LIKE escapes with a backslash by default; SQLite's
-    // has no escape character unless told.
-    if b.dialect == Dialect::Sqlite {
-        b.push(" ESCAPE '\\'");
+    match b.dialect {
+        Dialect::Sqlite => {
+            b.push("instr(");
+            b.push(text);
+            b.push(", ");
+            b.bind(Bind::Text(query.to_owned()));
+            b.push(") > 0");
+        }
+        Dialect::Postgres => {
+            b.push(text);
+            b.push(" LIKE ");
+            b.bind(Bind::Text(like_pattern(query)));
+        }
     }
 }
 
@@ -593,28 +618,79 @@ pub fn search_texts_from(at: i64, count: usize, dialect: Dialect) -> Statement {
         "SELECT search_text FROM users WHERE created_at >= ",
     );
     b.bind(Bind::Int(at));
-    b.push(" ORDER BY created_at LIMIT ");
-    b.bind(Bind::Int(i64::try_from(count).unwrap_or(i64::MAX)));
+    b.push(" ORDER BY created_at");
+    b.push(&limit_clause(count));
     b.finish()
 }
 
-/// Adds new users to SQLite's full-text index of search texts, which the
-/// store keeps itself for inserts (see `migrations/sqlite/0009`): `None`
-/// on PostgreSQL, whose trigram index is an index of the users table, or
-/// for no users.
-pub fn index_new_users(ids: &[&str], dialect: Dialect) -> Option<Statement> {
-    if dialect != Dialect::Sqlite || ids.is_empty() {
+/// Adds new users, given by id and search text, to SQLite's full-text
+/// index of search terms (`search::index_terms`), which the store keeps
+/// itself (see `migrations/sqlite/0010`): `None` on PostgreSQL, whose
+/// trigram index is an index of the users table, or for no users.
+pub fn index_new_users(users: &[(&str, &str)], dialect: Dialect) -> Option<Statement> {
+    if dialect != Dialect::Sqlite || users.is_empty() {
         return None;
     }
     let mut b = Builder::new(
         dialect,
-        "INSERT INTO users_search (rowid, search_text) \
-         SELECT rowid, search_text FROM users WHERE id IN ",
+        "INSERT INTO users_search_terms (rowid, terms) SELECT u.rowid, v.column2 FROM (VALUES ",
     );
-    b.bind_list(ids.iter().map(|id| Bind::Text((*id).to_owned())));
+    for (i, (id, text)) in users.iter().enumerate() {
+        b.push(if i == 0 { "(" } else { ", (" });
+        b.bind(Bind::Text((*id).to_owned()));
+        b.push(", ");
+        b.bind(Bind::Text(crate::search::index_terms(text)));
+        b.push(")");
+    }
     // FTS5 writes out its pending entries whenever a rowid comes lower
     // than the one before.
+    b.push(") AS v JOIN users u ON u.id = v.column1 ORDER BY u.rowid");
+    Some(b.finish())
+}
+
+/// `SELECT` of the rowids and search texts of up to `count` users after
+/// rowid `after`, in rowid order: what SQLite's index of search terms is
+/// filled from when it is new.
+pub fn search_texts_after(after: i64, count: usize) -> Statement {
+    let mut b = Builder::new(
+        Dialect::Sqlite,
+        "SELECT rowid, search_text FROM users WHERE rowid > ",
+    );
+    b.bind(Bind::Int(after));
     b.push(" ORDER BY rowid");
+    b.push(&limit_clause(count));
+    b.finish()
+}
+
+/// `INSERT` of search terms into SQLite's index, by rowid, in the order
+/// given (which should be rowid order).
+pub fn index_rows(rows: &[(i64, &str)]) -> Statement {
+    let mut b = Builder::new(
+        Dialect::Sqlite,
+        "INSERT INTO users_search_terms (rowid, terms) VALUES ",
+    );
+    for (i, (rowid, text)) in rows.iter().enumerate() {
+        b.push(if i == 0 { "(" } else { ", (" });
+        b.bind(Bind::Int(*rowid));
+        b.push(", ");
+        b.bind(Bind::Text(crate::search::index_terms(text)));
+        b.push(")");
+    }
+    b.finish()
+}
+
+/// Takes a user out of SQLite's index of search terms, before its search
+/// text changes: `None` on PostgreSQL.
+pub fn unindex_user(id: &str, dialect: Dialect) -> Option<Statement> {
+    if dialect != Dialect::Sqlite {
+        return None;
+    }
+    let mut b = Builder::new(
+        dialect,
+        "DELETE FROM users_search_terms WHERE rowid = (SELECT rowid FROM users WHERE id = ",
+    );
+    b.bind(Bind::Text(id.to_owned()));
+    b.push(")");
     Some(b.finish())
 }
 
@@ -907,7 +983,7 @@ mod tests {
         );
         assert!(
             s.sql
-                .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3")
+                .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT 3")
         );
     }
 
@@ -919,17 +995,24 @@ mod tests {
         };
         let picked = ["ab\"".to_owned(), "\"cd".to_owned()];
         let lite = count_users(&filter, &picked, Dialect::Sqlite);
-        assert!(lite.sql.contains("users_search MATCH ?"), "{}", lite.sql);
+        assert!(
+            lite.sql.contains("users_search_terms MATCH ?"),
+            "{}",
+            lite.sql
+        );
         assert_eq!(
             lite.binds[0],
-            Bind::Text("\"ab\"\"\" AND \"\"\"cd\"".into())
+            Bind::Text(crate::search::match_terms("ab\"cd", &picked).join(" AND "))
         );
-        assert_eq!(lite.binds[1], Bind::Text("%ab\"cd%".into()));
         assert!(
-            !count_users(&filter, &[], Dialect::Sqlite)
-                .sql
-                .contains("MATCH")
+            lite.sql.ends_with(" AND instr(u.search_text, ?) > 0"),
+            "{}",
+            lite.sql
         );
+        assert_eq!(lite.binds[1], Bind::Text("ab\"cd".into()));
+        let unindexed = count_users(&filter, &[], Dialect::Sqlite);
+        assert!(!unindexed.sql.contains("MATCH"));
+        assert!(!unindexed.sql.contains("LIKE"), "{}", unindexed.sql);
         let pg = count_users(&filter, &picked, Dialect::Postgres);
         assert!(
             pg.sql.ends_with(
@@ -945,17 +1028,30 @@ mod tests {
 
     #[test]
     fn new_users_enter_the_full_text_index_on_sqlite_only() {
-        assert!(index_new_users(&["user_a"], Dialect::Postgres).is_none());
+        assert!(index_new_users(&[("user_a", "a")], Dialect::Postgres).is_none());
         assert!(index_new_users(&[], Dialect::Sqlite).is_none());
-        let lite = index_new_users(&["user_a", "user_b"], Dialect::Sqlite).unwrap();
+        let lite =
+            index_new_users(&[("user_a", "abc"), ("user_b", "xyz")], Dialect::Sqlite).unwrap();
         assert_eq!(
             lite.sql,
-            "INSERT INTO users_search (rowid, search_text) SELECT rowid, search_text \
-             FROM users WHERE id IN (?, ?) ORDER BY rowid"
+            "INSERT INTO users_search_terms (rowid, terms) SELECT u.rowid, v.column2 \
+             FROM (VALUES (?, ?), (?, ?)) AS v JOIN users u ON u.id = v.column1 ORDER BY u.rowid"
         );
         assert_eq!(
             lite.binds,
-            [Bind::Text("user_a".into()), Bind::Text("user_b".into())]
+            [
+                Bind::Text("user_a".into()),
+                Bind::Text(crate::search::index_terms("abc")),
+                Bind::Text("user_b".into()),
+                Bind::Text(crate::search::index_terms("xyz")),
+            ]
+        );
+        assert!(unindex_user("user_a", Dialect::Postgres).is_none());
+        let out = unindex_user("user_a", Dialect::Sqlite).unwrap();
+        assert!(
+            out.sql.starts_with("DELETE FROM users_search_terms"),
+            "{}",
+            out.sql
         );
     }
 

@@ -1,0 +1,139 @@
+//! SQLite's index of search terms follows inserts, changes and deletes,
+//! and a database whose index was left empty by a migration is filled the
+//! next time the store opens.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed unwrap is a failed test"
+)]
+
+use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
+use roster_storage::exec::{SqlConn, SqlDatabase};
+use roster_storage::search::{match_terms, trigrams};
+use roster_storage::sql::Statement;
+use roster_storage::{UserFilter, UserStore};
+use roster_storage_sqlite::SqliteStore;
+
+fn record(username: &str, offset: i64) -> UserRecord {
+    let user = User::create(
+        NewUser {
+            identifiers: NewIdentifiers {
+                emails: vec![Email::parse(&format!("{username}@example.com")).unwrap()],
+                phones: Vec::new(),
+                verified: true,
+            },
+            username: Some(Username::parse(username).unwrap()),
+            ..NewUser::default()
+        },
+        Timestamp::from_millis(1_700_000_000_000 + offset),
+    )
+    .unwrap();
+    UserRecord::new(user, None)
+}
+
+/// Rows of the index holding every term `query` is looked up by: what the
+/// index itself says, before `LIKE` over the users' texts. Every trigram
+/// counts as picked, so a long query is looked up by runs covering all of
+/// it. Terms are hashes, so a user holding none of the query may share one
+/// of its terms; the queries below are looked up by several terms, or held
+/// by everyone.
+async fn indexed(store: &SqliteStore, query: &str) -> i64 {
+    let terms = match_terms(query, &trigrams(query));
+    assert!(!terms.is_empty());
+    let sql = format!(
+        "SELECT count(*) FROM users_search_terms WHERE users_search_terms MATCH '{}'",
+        terms.join(" AND ")
+    );
+    let mut conn = store.connection().await.unwrap();
+    conn.fetch_count(Statement::unbound(&sql)).await.unwrap()
+}
+
+async fn found(store: &SqliteStore, query: &str) -> u64 {
+    store
+        .count_users(&UserFilter {
+            query: Some(query.to_owned()),
+            ..UserFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn execute(store: &SqliteStore, sql: &str) {
+    let mut conn = store.connection().await.unwrap();
+    conn.execute(Statement::unbound(sql)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_index_follows_each_write_and_is_filled_when_left_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let alone = record("seed0001234", 0);
+    store.insert_user(&alone).await.unwrap();
+    let bulk: Vec<UserRecord> = (0..50).map(|i| record(&format!("bulk{i:04}"), i)).collect();
+    store.insert_users(&bulk).await.unwrap();
+    for (query, users) in [
+        ("seed0001234", 1),
+        ("0001234@example", 1),
+        ("234@", 1),
+        ("bulk0042", 1),
+        ("bulk004", 10),
+        ("@example.com", 51),
+    ] {
+        assert_eq!(indexed(&store, query).await, users, "{query}");
+        assert_eq!(found(&store, query).await, users as u64, "{query}");
+    }
+
+    // A changed search text replaces the user's terms.
+    store
+        .update_user(
+            &alone.user.id,
+            Box::new(|r| {
+                r.user.username = Some(Username::parse("renamed777").unwrap());
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(indexed(&store, "renamed777").await, 1);
+    assert_eq!(
+        indexed(&store, "seed0001234@").await,
+        1,
+        "the address stays"
+    );
+    assert_eq!(indexed(&store, "seed0001234").await, 1, "in the address");
+    assert_eq!(found(&store, "renamed777").await, 1);
+
+    // A deleted user's terms go with it.
+    store.delete_user(&bulk[42].user.id).await.unwrap();
+    assert_eq!(indexed(&store, "bulk0042").await, 0);
+    assert_eq!(indexed(&store, "@example.com").await, 50);
+
+    // An index a migration left empty is filled when the store opens.
+    execute(
+        &store,
+        "INSERT INTO users_search_terms (users_search_terms) VALUES ('delete-all')",
+    )
+    .await;
+    execute(
+        &store,
+        "INSERT INTO search_terms_backfill (pending) VALUES (1)",
+    )
+    .await;
+    assert_eq!(indexed(&store, "@example.com").await, 0);
+    store.close().await;
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(indexed(&store, "@example.com").await, 50);
+    assert_eq!(indexed(&store, "renamed777").await, 1);
+    assert_eq!(found(&store, "bulk0007").await, 1);
+    let mut conn = store.connection().await.unwrap();
+    let pending = conn
+        .fetch_count(Statement::unbound(
+            "SELECT count(*) FROM search_terms_backfill",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
