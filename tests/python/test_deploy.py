@@ -84,6 +84,10 @@ def test_dev_is_one_sqlite_replica_and_production_three_on_postgres():
     assert ("Job", "roster-migrate") not in dev
     names = [e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert "ROSTER_DATABASE_URL" not in names
+    # SQLite migrates at start-up, search index included: ten minutes.
+    startup = deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 600
+    assert startup["grpc"] == {"port": 50051, "service": "liveness"}
 
     production = render("production")
     deployment = production[("Deployment", "roster")]

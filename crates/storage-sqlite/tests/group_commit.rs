@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
-use roster_storage::exec::{SqlConn, SqlDatabase};
+use roster_storage::exec::SqlDatabase;
 use roster_storage::group_commit::GroupCommitStats;
 use roster_storage::sql::Statement;
 use roster_storage::{StorageError, UserFilter, UserStore};

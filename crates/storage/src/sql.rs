@@ -383,20 +383,26 @@ fn push_page(b: &mut Builder, query: &ListQuery, limit: usize) {
         b.bind(Bind::Text(cursor.id.clone()));
         b.push(")");
     }
-    // A literal, not a parameter (see [`limit_clause`]).
-    b.push(&format!(
-        " ORDER BY {sort} {dir}, u.id {dir}{}",
-        limit_clause(limit)
-    ));
+    b.push(&format!(" ORDER BY {sort} {dir}, u.id {dir}"));
+    push_limit(b, limit);
 }
 
-/// ` LIMIT n`, with `n` written into the SQL. SQLite compiles a statement
-/// whose `LIMIT` is a parameter again each time the parameter is bound (it
-/// plans with the bound value), so a parameter would recompile every page
-/// read; a literal leaves one compiled statement per page size, which the
-/// connection's statement cache keeps.
-fn limit_clause(limit: usize) -> String {
-    format!(" LIMIT {limit}")
+/// ` LIMIT n`. On SQLite `n` is written into the SQL: SQLite compiles a
+/// statement whose `LIMIT` is a parameter again each time the parameter
+/// is bound (it plans with the bound value), so a parameter would
+/// recompile every page read; a literal leaves one compiled statement per
+/// page size, which the connection's statement cache keeps. PostgreSQL
+/// gets a parameter: with a literal small limit its planner prefers
+/// walking an ordering index and filtering, which for a rare `query`
+/// reads the whole table (572 against 2 659 searches/s at 10 000 users).
+fn push_limit(b: &mut Builder, limit: usize) {
+    match b.dialect {
+        Dialect::Sqlite => b.push(&format!(" LIMIT {limit}")),
+        Dialect::Postgres => {
+            b.push(" LIMIT ");
+            b.bind(Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        }
+    }
 }
 
 /// `AND <text>` holds the substring `query`, matched literally.
@@ -619,7 +625,7 @@ pub fn search_texts_from(at: i64, count: usize, dialect: Dialect) -> Statement {
     );
     b.bind(Bind::Int(at));
     b.push(" ORDER BY created_at");
-    b.push(&limit_clause(count));
+    push_limit(&mut b, count);
     b.finish()
 }
 
@@ -658,7 +664,7 @@ pub fn search_texts_after(after: i64, count: usize) -> Statement {
     );
     b.bind(Bind::Int(after));
     b.push(" ORDER BY rowid");
-    b.push(&limit_clause(count));
+    push_limit(&mut b, count);
     b.finish()
 }
 
@@ -983,8 +989,12 @@ mod tests {
         );
         assert!(
             s.sql
-                .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT 3")
+                .ends_with("ORDER BY COALESCE(u.username_normalized, '') DESC, u.id DESC LIMIT $3")
         );
+        // SQLite would compile a bound LIMIT again on every call.
+        let lite = list_users(&q, &[], Dialect::Sqlite);
+        assert!(lite.sql.ends_with(" u.id DESC LIMIT 3"), "{}", lite.sql);
+        assert_eq!(lite.binds.len(), 2);
     }
 
     #[test]
