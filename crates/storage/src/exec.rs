@@ -490,13 +490,15 @@ pub async fn backfill_search_terms(conn: &mut dyn SqlConn) -> Result<usize, Stor
                 &[ColumnType::Int, ColumnType::Text],
             )
             .await?;
-        let rows: Vec<(i64, String)> = rows
+        let rows = rows
             .into_iter()
-            .filter_map(|row| match <[Value; 2]>::try_from(row).ok()? {
-                [Value::Int(Some(rowid)), Value::Text(Some(text))] => Some((rowid, text)),
-                _ => None,
+            .map(|row| match <[Value; 2]>::try_from(row) {
+                Ok([Value::Int(Some(rowid)), Value::Text(Some(text))]) => Ok((rowid, text)),
+                _ => Err(StorageError::internal(
+                    "a user row without rowid or search text",
+                )),
             })
-            .collect();
+            .collect::<Result<Vec<(i64, String)>, _>>()?;
         let Some(&(last, _)) = rows.last() else {
             break;
         };

@@ -94,11 +94,12 @@ pub fn index_terms(search_text: &str) -> String {
 /// The index terms that narrow a search for `query` on SQLite, given the
 /// trigrams [`TrigramSample::rarest`] picked: a query shorter than
 /// [`GRAM`] is looked up by those trigrams; a longer one by six-runs of
-/// its own, each holding as many of the picked trigrams as a run can,
-/// the rarest first, and at least two runs when the query has two. A run is held by no more users than any of its
-/// trigrams, and a run of rare trigrams by few: `seed0001234` is looked
-/// up by `001234`, not by `seed00`, which one user in ten holds. Empty
-/// when nothing was picked.
+/// its own, each holding as many of the picked trigrams as a run can, the
+/// rarest first, and by at least two runs when the query holds two. A run
+/// is held by no more users than any of its trigrams, and a run of rare
+/// trigrams by few: `seed0001234` is looked up by `001234` and its
+/// neighbour `000123`, not by `seed00`, which one user in ten holds.
+/// Empty when nothing was picked.
 pub fn match_terms(query: &str, picked: &[String]) -> Vec<String> {
     let chars: Vec<char> = query.chars().collect();
     if chars.len() < GRAM {
