@@ -114,11 +114,19 @@ pub async fn load(url: &str, count: usize) -> anyhow::Result<Vec<String>> {
     builder
         .join()
         .map_err(|_| anyhow::anyhow!("the record builder panicked"))?;
-    database.close().await;
     eprintln!(
         "  loaded {count} users in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    if let Database::Postgres(_) = &database {
+        let settling = Instant::now();
+        database.settle_after_load().await?;
+        eprintln!(
+            "  VACUUM (ANALYZE) in {:.1}s",
+            settling.elapsed().as_secs_f64()
+        );
+    }
+    database.close().await;
     Ok(ids)
 }
 

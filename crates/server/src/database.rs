@@ -39,6 +39,34 @@ impl Database {
         }
     }
 
+    /// Completes what migrations leave to the store, returning how many
+    /// users it updated: on PostgreSQL, the search keys of users stored
+    /// without them (`migrations/postgres/0008`), which may take minutes
+    /// on a large table and may run while the store serves. SQLite's
+    /// migration does its part itself.
+    pub async fn fill_search_keys(&self) -> Result<u64, StorageError> {
+        match self {
+            Self::Sqlite(_) => Ok(0),
+            Self::Postgres(s) => s.fill_search_keys().await,
+        }
+    }
+
+    /// What PostgreSQL's manual advises after a bulk load: `VACUUM
+    /// (ANALYZE)` of the user tables, which sets their visibility maps and
+    /// statistics (autovacuum would otherwise do it while the first
+    /// requests are served). Nothing on SQLite.
+    pub async fn settle_after_load(&self) -> Result<(), StorageError> {
+        use roster_storage::exec::SqlDatabase as _;
+        if let Self::Postgres(s) = self {
+            let mut conn = s.connection().await?;
+            conn.execute(roster_storage::sql::Statement::unbound(
+                "VACUUM (ANALYZE) users, email_addresses, phone_numbers",
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The store, for the services.
     pub fn users(&self) -> Arc<dyn UserStore> {
         match self {

@@ -85,6 +85,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => JwtTemplates::default(),
     };
     let db = open(&args.database).await?;
+    // Searches find users without search keys meanwhile, more slowly; a
+    // failure is retried at the next start.
+    let filling = db.clone();
+    tokio::spawn(async move {
+        match filling.fill_search_keys().await {
+            Ok(0) => {}
+            Ok(users) => tracing::info!(users, "search keys computed for the stored users"),
+            Err(error) => {
+                tracing::warn!(%error, "computing search keys failed; retried at the next start");
+            }
+        }
+    });
     let clock = Arc::new(SystemClock);
     let tokens = TokenIssuer::start(
         db.sessions().as_ref(),
@@ -196,6 +208,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let db = open(&args).await?;
+            let users = db
+                .fill_search_keys()
+                .await
+                .context("computing search keys")?;
+            if users > 0 {
+                tracing::info!(users, "search keys computed for the stored users");
+            }
             db.close().await;
             tracing::info!("migrations applied");
             Ok(())

@@ -100,6 +100,12 @@ fn arguments(binds: Vec<Bind>) -> SqliteArguments {
             Bind::Bool(v) => args.add(v),
             Bind::NullText => args.add(None::<String>),
             Bind::NullInt => args.add(None::<i64>),
+            // No SQLite column is an array; written as PostgreSQL's text
+            // form of one, should a statement ever bind one.
+            Bind::Ints(v) => args.add(format!(
+                "{{{}}}",
+                v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+            )),
         };
     }
     args

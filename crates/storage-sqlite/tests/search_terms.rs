@@ -7,28 +7,17 @@
     reason = "tests: a failed unwrap is a failed test"
 )]
 
-use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
+use roster_domain::{UserRecord, Username};
+use roster_storage::UserStore;
+use roster_storage::contract::{matching, new_user};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::search::{match_terms, trigrams};
 use roster_storage::sql::Statement;
-use roster_storage::{UserFilter, UserStore};
 use roster_storage_sqlite::SqliteStore;
 
 fn record(username: &str, offset: i64) -> UserRecord {
-    let user = User::create(
-        NewUser {
-            identifiers: NewIdentifiers {
-                emails: vec![Email::parse(&format!("{username}@example.com")).unwrap()],
-                phones: Vec::new(),
-                verified: true,
-            },
-            username: Some(Username::parse(username).unwrap()),
-            ..NewUser::default()
-        },
-        Timestamp::from_millis(1_700_000_000_000 + offset),
-    )
-    .unwrap();
-    UserRecord::new(user, None)
+    let email = format!("{username}@example.com");
+    UserRecord::new(new_user(&[&email], &[], Some(username), offset), None)
 }
 
 /// Rows of the index holding every term `query` is looked up by: what the
@@ -49,13 +38,7 @@ async fn indexed(store: &SqliteStore, query: &str) -> i64 {
 }
 
 async fn found(store: &SqliteStore, query: &str) -> u64 {
-    store
-        .count_users(&UserFilter {
-            query: Some(query.to_owned()),
-            ..UserFilter::default()
-        })
-        .await
-        .unwrap()
+    matching(store, query).await
 }
 
 async fn execute(store: &SqliteStore, sql: &str) {

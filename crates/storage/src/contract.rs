@@ -83,8 +83,8 @@ fn at(offset: i64) -> Timestamp {
     Timestamp::from_millis(T0 + offset)
 }
 
-/// A user with the given email, created at `T0 + offset`.
-fn new_user(emails: &[&str], phones: &[&str], username: Option<&str>, offset: i64) -> User {
+/// A user with the given verified identifiers, created at `T0 + offset`.
+pub fn new_user(emails: &[&str], phones: &[&str], username: Option<&str>, offset: i64) -> User {
     User::create(
         NewUser {
             identifiers: NewIdentifiers {
@@ -863,7 +863,7 @@ pub async fn query_matches_substrings_literally(store: Arc<dyn UserStore>) {
 }
 
 /// How many users the `query` filter matches.
-async fn matching(store: &dyn UserStore, query: &str) -> u64 {
+pub async fn matching(store: &dyn UserStore, query: &str) -> u64 {
     store
         .count_users(&UserFilter {
             query: Some(query.into()),

@@ -21,8 +21,7 @@ use crate::rows::{EmailRow, PhoneRow, StoredUser, UserRow};
 use crate::search::{self, SearchStats, TrigramSample};
 use crate::sessions::{ColumnType, Value};
 use crate::sql::{
-    self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement,
-    TableRows, USER_WRITE_COLUMNS,
+    self, Bind, Dialect, EMAIL_WRITE_COLUMNS, Identified, PHONE_WRITE_COLUMNS, Statement, TableRows,
 };
 use crate::{Mutation, StorageError, UserFilter, UserStore};
 
@@ -132,8 +131,52 @@ async fn list_users(
         }
         trigrams = sample.rarest(text);
     }
+    if dialect == Dialect::Postgres && !trigrams.is_empty() {
+        return search_by_ids(conn, query, &trigrams).await;
+    }
     let users = conn
         .fetch_users(sql::list_users(query, &trigrams, dialect))
+        .await?;
+    Ok(into_records(users)?.into_iter().map(|r| r.user).collect())
+}
+
+/// A page of a PostgreSQL search through the index of search keys, in
+/// two statements: the page's ids, then their users. PostgreSQL plans a
+/// statement whose estimates depend on its parameters, like a lookup of
+/// search keys, again on every run, and planning the users' columns
+/// (their addresses and numbers, aggregated by subqueries) took more CPU
+/// than running the search. A statement of ids alone is cheap to plan,
+/// and PostgreSQL keeps the plan of one reading users by id. The second
+/// statement keeps the filter, so a user changed in between is left
+/// out, not shown unmatched.
+async fn search_by_ids(
+    conn: &mut dyn SqlConn,
+    query: &ListQuery,
+    trigrams: &[String],
+) -> Result<Vec<User>, StorageError> {
+    let dialect = conn.dialect();
+    let ids = conn
+        .fetch_texts(sql::list_user_ids(query, trigrams, dialect))
+        .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let user_ids = ids
+        .iter()
+        .map(|id| {
+            UserId::parse(id)
+                .map_err(|_| StorageError::internal("a stored user id that does not parse"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_ids = ListQuery {
+        filter: UserFilter {
+            user_ids,
+            ..query.filter.clone()
+        },
+        ..query.clone()
+    };
+    let users = conn
+        .fetch_users(sql::list_users(&by_ids, &[], dialect))
         .await?;
     Ok(into_records(users)?.into_iter().map(|r| r.user).collect())
 }
@@ -428,7 +471,7 @@ pub(crate) async fn insert_unindexed(
     let user = &record.user;
     let changes = user.identifier_changes(None);
     let mut statement = sql::insert_then_holders(
-        new_user_rows(record),
+        new_user_rows(record, conn.dialect()),
         &changes,
         user.id.as_str(),
         conn.dialect(),
@@ -520,14 +563,58 @@ pub async fn backfill_search_terms(conn: &mut dyn SqlConn) -> Result<usize, Stor
     Ok(indexed)
 }
 
+/// Users given keys per statement by [`backfill_search_keys`].
+const KEYS_CHUNK: usize = 1_000;
+
+/// Gives each user PostgreSQL holds without search keys its keys
+/// (`migrations/postgres/0008`): the users stored before that migration,
+/// and any that a replica of an earlier version wrote while this one
+/// rolled out. Each statement commits on its own, so a start-up
+/// interrupted part way goes on from where it stopped; until then a
+/// search reads the users without keys too, by their own index. Returns
+/// how many users it gave keys to.
+pub async fn backfill_search_keys(conn: &mut dyn SqlConn) -> Result<u64, StorageError> {
+    let mut after = String::new();
+    let mut keyed = 0;
+    loop {
+        let rows = conn
+            .fetch_values(
+                sql::unkeyed_users_after(&after, KEYS_CHUNK),
+                &[ColumnType::Text, ColumnType::Text],
+            )
+            .await?;
+        let rows = rows
+            .into_iter()
+            .map(|row| match <[Value; 2]>::try_from(row) {
+                Ok([Value::Text(Some(id)), Value::Text(Some(text))]) => Ok((id, text)),
+                _ => Err(StorageError::internal(
+                    "a user row without id or search text",
+                )),
+            })
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        let users: Vec<(&str, &str)> = rows.iter().map(|(i, t)| (i.as_str(), t.as_str())).collect();
+        keyed += conn.execute(sql::set_search_keys(&users)).await?;
+        after.clone_from(last);
+    }
+    if keyed > 0 {
+        // The planner's estimate of how many users hold a key comes from
+        // the column's statistics, which had none.
+        conn.execute(Statement::unbound("ANALYZE users")).await?;
+    }
+    Ok(keyed)
+}
+
 /// The rows of a new user in each table.
-fn new_user_rows(record: &UserRecord) -> Vec<TableRows<'static>> {
+fn new_user_rows(record: &UserRecord, dialect: Dialect) -> Vec<TableRows<'static>> {
     let user = &record.user;
     vec![
         TableRows {
             table: "users",
-            columns: &USER_WRITE_COLUMNS,
-            rows: vec![UserRow::from_record(record).binds(user)],
+            columns: sql::user_write_columns(dialect),
+            rows: vec![UserRow::from_record(record).binds(user, dialect)],
         },
         TableRows {
             table: "email_addresses",
@@ -565,9 +652,12 @@ async fn insert_new_user<D: SqlDatabase + Clone + 'static>(
     let user = &record.user;
     let dialect = db.dialect();
     let changes = user.identifier_changes(None);
-    if let Some(statement) =
-        sql::insert_unless_held(new_user_rows(record), &changes, user.id.as_str(), dialect)
-    {
+    if let Some(statement) = sql::insert_unless_held(
+        new_user_rows(record, dialect),
+        &changes,
+        user.id.as_str(),
+        dialect,
+    ) {
         let mut conn = db.connection().await?;
         if read_holders(conn.as_mut(), statement).await?.is_empty() {
             return Ok(());
@@ -630,11 +720,12 @@ async fn insert_users(conn: &mut dyn SqlConn, records: &[UserRecord]) -> Result<
             return Err(conflict(holder.channel));
         }
     }
+    let dialect = conn.dialect();
     let users = records
         .iter()
-        .map(|r| UserRow::from_record(r).binds(&r.user))
+        .map(|r| UserRow::from_record(r).binds(&r.user, dialect))
         .collect();
-    insert_chunked(conn, "users", &USER_WRITE_COLUMNS, users).await?;
+    insert_chunked(conn, "users", sql::user_write_columns(dialect), users).await?;
     let emails = records
         .iter()
         .flat_map(|r| {
@@ -700,12 +791,13 @@ async fn write_record(
     if reindex && let Some(statement) = sql::unindex_user(user.id.as_str(), conn.dialect()) {
         conn.execute(statement).await?;
     }
-    let binds = UserRow::from_record(new).binds(user);
+    let dialect = conn.dialect();
+    let binds = UserRow::from_record(new).binds(user, dialect);
     conn.execute(sql::update_by_id(
         "users",
-        &USER_WRITE_COLUMNS,
+        sql::user_write_columns(dialect),
         binds,
-        conn.dialect(),
+        dialect,
     ))
     .await?;
     if reindex {

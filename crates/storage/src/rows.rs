@@ -9,7 +9,7 @@ use roster_domain::{
 };
 
 use crate::StorageError;
-use crate::sql::Bind;
+use crate::sql::{Bind, Dialect};
 
 /// A row of `users`.
 #[derive(Clone, Debug)]
@@ -220,10 +220,14 @@ impl UserRow {
         }
     }
 
-    /// Values for [`crate::sql::USER_WRITE_COLUMNS`], in order. The derived
-    /// sort and uniqueness columns come from `user`.
-    pub fn binds(&self, user: &User) -> Vec<Bind> {
-        vec![
+    /// Values for [`crate::sql::user_write_columns`] of `dialect`, in
+    /// order. The derived sort, uniqueness and search columns come from
+    /// `user`.
+    pub fn binds(&self, user: &User, dialect: Dialect) -> Vec<Bind> {
+        let search_text = user.search_text();
+        let search_keys = (dialect == Dialect::Postgres)
+            .then(|| Bind::Ints(crate::search::index_keys(&search_text)));
+        let mut binds = vec![
             Bind::Text(self.id.clone()),
             opt_text(self.external_id.as_ref()),
             Bind::Text(self.first_name.clone()),
@@ -248,12 +252,14 @@ impl UserRow {
             Bind::Int(self.created_at),
             Bind::Int(self.updated_at),
             opt_int(self.last_sign_in_at),
-            Bind::Text(user.search_text()),
+            Bind::Text(search_text),
             Bind::Int(self.code_window_start),
             Bind::Int(self.code_window_sends),
             Bind::Int(self.failed_sign_ins),
             opt_int(self.locked_until),
-        ]
+        ];
+        binds.extend(search_keys);
+        binds
     }
 
     /// Joins the row with its identifiers (any order) into a record.

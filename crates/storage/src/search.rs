@@ -10,14 +10,16 @@
 //! Any subset of the query's trigrams gives the same result (LIKE decides);
 //! the sample only decides the cost.
 //!
-//! SQLite's index also holds every six-character run of each searched
-//! value ([`GRAM`]): a query that long is looked up by a few of its own,
-//! whose posting lists are short where a trigram's can cover one user in a
-//! hundred (`seed0001234` shares `001`, `012`, `123` with every phone
-//! number and address that holds those digits). The index holds terms,
-//! not text ([`index_terms`], [`match_terms`]): a trigram or a six-run,
-//! hashed to a fixed-length token of letters and digits that FTS5's
-//! `ascii` tokenizer keeps whole, whatever characters it was made of. Two
+//! Each backend's index also holds every six-character run of each
+//! searched value ([`GRAM`]): a query that long is looked up by a few of
+//! its own, whose posting lists are short where a trigram's can cover one
+//! user in a hundred (`seed0001234` shares `001`, `012`, `123` with every
+//! phone number and address that holds those digits). The index holds
+//! hashes, not text: on SQLite, FTS5 terms ([`index_terms`],
+//! [`match_terms`]), a trigram or a six-run hashed to a fixed-length token
+//! of letters and digits that FTS5's `ascii` tokenizer keeps whole,
+//! whatever characters it was made of; on PostgreSQL, integers in an
+//! array column under a GIN index ([`index_keys`], [`match_keys`]). Two
 //! runs that hash alike only add candidates, which `LIKE` drops.
 
 use std::collections::HashMap;
@@ -64,11 +66,16 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The index term of a run of characters: `t` and six hex digits for a
-/// trigram, `g` and five for a six-run.
-fn term(run: &[char]) -> String {
+/// The FNV-1a hash of a run of characters, as UTF-8.
+fn run_hash(run: &[char]) -> u64 {
     let text: String = run.iter().collect();
-    let hash = fnv1a(text.as_bytes());
+    fnv1a(text.as_bytes())
+}
+
+/// The index term of a run of characters on SQLite: `t` and six hex
+/// digits for a trigram, `g` and five for a six-run.
+fn term(run: &[char]) -> String {
+    let hash = run_hash(run);
     if run.len() == GRAM {
         format!("g{:05x}", hash & ((1 << GRAM_BITS) - 1))
     } else {
@@ -76,22 +83,74 @@ fn term(run: &[char]) -> String {
     }
 }
 
-/// The terms SQLite's search index holds for a user's search text: each
-/// distinct trigram and six-run of each of its lines, separated by
-/// spaces. A query holds no line break, so no run across two lines is
-/// needed.
-pub fn index_terms(search_text: &str) -> String {
-    let mut terms = std::collections::BTreeSet::new();
+/// The index key of a run of characters on PostgreSQL: the bits of its
+/// SQLite term ([`term`]) as an integer, six-runs above trigrams. Fewer
+/// bits make fewer distinct keys, each with a longer posting list, which
+/// a GIN index stores far more compactly than many short ones.
+fn key(run: &[char]) -> i32 {
+    let hash = run_hash(run);
+    low_bits(if run.len() == GRAM {
+        GRAM_KEYS | (hash & ((1 << GRAM_BITS) - 1))
+    } else {
+        hash & ((1 << TRIGRAM_BITS) - 1)
+    })
+}
+
+/// Where six-runs' keys start, past every trigram's.
+const GRAM_KEYS: u64 = 1 << TRIGRAM_BITS;
+
+/// Where the key of a whole search text starts ([`index_keys`]), past
+/// every run's: no query is looked up by one.
+const TEXT_KEYS: u64 = 2 << TRIGRAM_BITS;
+
+/// The low 32 bits of a hash.
+fn low_bits(hash: u64) -> i32 {
+    let [a, b, c, d, ..] = hash.to_le_bytes();
+    i32::from_le_bytes([a, b, c, d])
+}
+
+/// Calls `f` with each trigram and each six-run of each line of a
+/// user's search text. A query holds no line break, so no run across two
+/// lines is needed.
+fn each_run(search_text: &str, mut f: impl FnMut(&[char])) {
     for line in search_text.split('\n') {
         let chars: Vec<char> = line.chars().collect();
         for size in [3, GRAM] {
-            terms.extend(chars.windows(size).map(term));
+            chars.windows(size).for_each(&mut f);
         }
     }
+}
+
+/// The terms SQLite's search index holds for a user's search text: those
+/// of each distinct trigram and six-run ([`each_run`]), separated by
+/// spaces.
+pub fn index_terms(search_text: &str) -> String {
+    let mut terms = std::collections::BTreeSet::new();
+    each_run(search_text, |run| {
+        terms.insert(term(run));
+    });
     terms.into_iter().collect::<Vec<_>>().join(" ")
 }
 
-/// The index terms that narrow a search for `query` on SQLite, given the
+/// The keys PostgreSQL's search index holds for a user's search text
+/// (its `search_terms` column): those of each trigram and six-run
+/// ([`each_run`]), and one of the whole text, sorted, without repeats.
+/// The key of the whole text makes the keys of two different texts
+/// differ, but for a chance of one in 16 million: the database tells a
+/// change of text whose keys were left as they were, which an earlier
+/// version of the store makes, by the keys being equal
+/// (`migrations/postgres/0008`); such a user is only searched more
+/// slowly until the store computes its keys again.
+pub fn index_keys(search_text: &str) -> Vec<i32> {
+    let text = TEXT_KEYS | (fnv1a(search_text.as_bytes()) & ((1 << TRIGRAM_BITS) - 1));
+    let mut keys = vec![low_bits(text)];
+    each_run(search_text, |run| keys.push(key(run)));
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The runs whose index terms narrow a search for `query`, given the
 /// trigrams [`TrigramSample::rarest`] picked: a query shorter than
 /// [`GRAM`] is looked up by those trigrams; a longer one by six-runs of
 /// its own, each holding as many of the picked trigrams as a run can, the
@@ -100,11 +159,10 @@ pub fn index_terms(search_text: &str) -> String {
 /// trigrams by few: `seed0001234` is looked up by `001234` and its
 /// neighbour `000123`, not by `seed00`, which one user in ten holds.
 /// Empty when nothing was picked.
-pub fn match_terms(query: &str, picked: &[String]) -> Vec<String> {
+fn match_runs(query: &str, picked: &[String]) -> Vec<Vec<char>> {
     let chars: Vec<char> = query.chars().collect();
     if chars.len() < GRAM {
-        let runs = picked.iter().map(|t| t.chars().collect::<Vec<_>>());
-        return runs.map(|run| term(&run)).collect();
+        return picked.iter().map(|t| t.chars().collect()).collect();
     }
     let last = chars.len() - GRAM;
     // Where each picked trigram first occurs in the query.
@@ -134,7 +192,22 @@ pub fn match_terms(query: &str, picked: &[String]) -> Vec<String> {
     {
         starts.push(if only < last { only + 1 } else { only - 1 });
     }
-    starts.iter().map(|&s| term(&chars[s..s + GRAM])).collect()
+    starts
+        .iter()
+        .map(|&s| chars[s..s + GRAM].to_vec())
+        .collect()
+}
+
+/// The terms of SQLite's index that narrow a search for `query` (see
+/// [`match_runs`]), all of which a match holds.
+pub fn match_terms(query: &str, picked: &[String]) -> Vec<String> {
+    match_runs(query, picked).iter().map(|r| term(r)).collect()
+}
+
+/// The keys of PostgreSQL's index that narrow a search for `query` (see
+/// [`match_runs`]), all of which a match holds.
+pub fn match_keys(query: &str, picked: &[String]) -> Vec<i32> {
+    match_runs(query, picked).iter().map(|r| key(r)).collect()
 }
 
 /// The distinct trigrams (three consecutive characters) of `text`, in
@@ -269,6 +342,13 @@ mod tests {
         // Pinned: terms are written into databases, so their hash cannot
         // change between releases.
         assert_eq!(term(&['a', 'b', 'c']), "t41574b");
+        assert_eq!(key(&['a', 'b', 'c']), 0x41_574b);
+        // Trigrams 5, six-runs 2, the whole text 1.
+        assert_eq!(index_keys("abcdefg").len(), 5 + 2 + 1);
+        // Texts of the same runs differ by the key of the whole text.
+        assert_ne!(index_keys("abcdefg\nabcdefg"), index_keys("abcdefg"));
+        assert_eq!(index_keys("ab").len(), 1);
+        assert!(index_keys("abcdefg").is_sorted());
         assert_eq!(index_terms("ab"), "");
         let terms = index_terms("zoë \"x\"\nabc");
         let terms: Vec<&str> = terms.split(' ').collect();
@@ -288,12 +368,18 @@ mod tests {
         let text = "user_2x\nseed0001234\nseed0001234.0@example0.com\n+4915100002468";
         let held = index_terms(text);
         let held: Vec<&str> = held.split(' ').collect();
+        let held_keys = index_keys(text);
         for query in ["seed0001234", "0001234.0@ex", "02468", "ser", "+491510"] {
             let sample = TrigramSample::new([text]);
             let terms = match_terms(query, &sample.rarest(query));
             assert!(!terms.is_empty(), "{query}");
             for t in &terms {
                 assert!(held.contains(&t.as_str()), "{query}: {t}");
+            }
+            let keys = match_keys(query, &sample.rarest(query));
+            assert_eq!(keys.len(), terms.len(), "{query}");
+            for k in &keys {
+                assert!(held_keys.binary_search(k).is_ok(), "{query}: {k}");
             }
         }
         let picked = ["123".to_owned(), "234".to_owned(), "012".to_owned()];
@@ -322,6 +408,8 @@ mod tests {
         assert!(match_terms("ab", &[]).is_empty());
         let other = match_terms("seed0001235", &["235".into()]);
         assert!(!held.contains(&other[0].as_str()));
+        let other = match_keys("seed0001235", &["235".into()]);
+        assert!(held_keys.binary_search(&other[0]).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Bind {
     NullText,
     /// NULL of an integer column.
     NullInt,
+    /// An array of integers (`integer[]`): PostgreSQL only.
+    Ints(Vec<i32>),
 }
 
 /// SQL text with its bound values, in placeholder order.
@@ -89,8 +91,10 @@ fn user_columns_in(aggregate: &str, array: &str) -> String {
     )
 }
 
-/// Columns [`crate::rows::UserRow::binds`] writes, in order.
-pub const USER_WRITE_COLUMNS: [&str; 25] = [
+/// Columns [`crate::rows::UserRow::binds`] writes, in order: all of them
+/// on PostgreSQL, all but the last, `search_terms`, on SQLite (see
+/// [`user_write_columns`]).
+pub const USER_WRITE_COLUMNS: [&str; 26] = [
     "id",
     "external_id",
     "first_name",
@@ -116,7 +120,18 @@ pub const USER_WRITE_COLUMNS: [&str; 25] = [
     "code_window_sends",
     "failed_sign_ins",
     "locked_until",
+    "search_terms",
 ];
+
+/// The columns a user row writes on `dialect`. PostgreSQL's users table
+/// holds the keys of its search index (`search::index_keys`); SQLite
+/// keeps its index of search terms in a table of its own.
+pub fn user_write_columns(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Postgres => &USER_WRITE_COLUMNS,
+        Dialect::Sqlite => &USER_WRITE_COLUMNS[..USER_WRITE_COLUMNS.len() - 1],
+    }
+}
 
 /// Columns [`crate::rows::EmailRow::binds`] writes, in order.
 pub const EMAIL_WRITE_COLUMNS: [&str; 14] = [
@@ -280,15 +295,10 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
     if let Some(query) = &filter.query {
         // `search_text` holds the searched fields, lowercased (see
         // `User::search_text`). The index narrows the candidates to the
-        // users holding `trigrams` (pg_trgm's GIN index answering a LIKE
-        // per trigram on PostgreSQL), or on SQLite the terms
-        // `search::match_terms` makes of them and the query; LIKE over the
-        // whole query keeps the match exact. On PostgreSQL that LIKE is
-        // kept out of the index (`|| ''`), which would otherwise look up
-        // every trigram of the query again.
-        let exact = if trigrams.is_empty() {
-            "u.search_text"
-        } else {
+        // users holding the terms `search::match_terms` (SQLite) or the
+        // keys `search::match_keys` (PostgreSQL) makes of the query and
+        // `trigrams`; comparing the whole query keeps the match exact.
+        if !trigrams.is_empty() {
             match b.dialect {
                 Dialect::Sqlite => {
                     // Terms are letters and digits (`search::match_terms`):
@@ -300,17 +310,18 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
                     );
                     b.bind(Bind::Text(terms.join(" AND ")));
                     b.push(")");
-                    "u.search_text"
                 }
                 Dialect::Postgres => {
-                    for trigram in trigrams {
-                        push_like(b, "u.search_text", trigram);
-                    }
-                    "(u.search_text || '')"
+                    // Users without keys are those the store has yet to
+                    // compute them for (`migrations/postgres/0008`): few,
+                    // and found by their own partial index.
+                    b.push(" AND (u.search_terms @> ");
+                    b.bind(Bind::Ints(crate::search::match_keys(query, trigrams)));
+                    b.push(" OR u.search_terms IS NULL)");
                 }
             }
-        };
-        push_like(b, exact, query);
+        }
+        push_like(b, "u.search_text", query);
     }
     if let Some(banned) = filter.banned {
         b.push(" AND u.banned = ");
@@ -329,7 +340,21 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
 /// `SELECT` of one page of users ([`user_columns`]); `trigrams` as
 /// [`push_filter`] takes them.
 pub fn list_users(query: &ListQuery, trigrams: &[String], dialect: Dialect) -> Statement {
-    let columns = user_columns(dialect);
+    select_page(user_columns(dialect), query, trigrams, dialect)
+}
+
+/// `SELECT` of the ids of one page of users, as [`list_users`] selects
+/// them.
+pub fn list_user_ids(query: &ListQuery, trigrams: &[String], dialect: Dialect) -> Statement {
+    select_page("u.id", query, trigrams, dialect)
+}
+
+fn select_page(
+    columns: &str,
+    query: &ListQuery,
+    trigrams: &[String],
+    dialect: Dialect,
+) -> Statement {
     let mut b = Builder::new(dialect, &format!("SELECT {columns} FROM users u"));
     push_filter(&mut b, &query.filter, trigrams);
     push_page(&mut b, query, query.limit);
@@ -685,6 +710,44 @@ pub fn index_rows(rows: &[(i64, &str)]) -> Statement {
     b.finish()
 }
 
+/// `SELECT` of the ids and search texts of up to `count` users after id
+/// `after`, in id order, whose search keys PostgreSQL's users table does
+/// not hold yet (`migrations/postgres/0008`).
+pub fn unkeyed_users_after(after: &str, count: usize) -> Statement {
+    let mut b = Builder::new(
+        Dialect::Postgres,
+        "SELECT id, search_text FROM users WHERE search_terms IS NULL AND id > ",
+    );
+    b.bind(Bind::Text(after.to_owned()));
+    b.push(" ORDER BY id");
+    push_limit(&mut b, count);
+    b.finish()
+}
+
+/// `UPDATE` giving users, by id, the search keys of the search text they
+/// were read with (`search::index_keys`) on PostgreSQL. A user whose text
+/// has changed since, or who was given keys since, is left as it is.
+pub fn set_search_keys(users: &[(&str, &str)]) -> Statement {
+    let mut b = Builder::new(
+        Dialect::Postgres,
+        "UPDATE users u SET search_terms = v.keys FROM (VALUES ",
+    );
+    for (i, (id, text)) in users.iter().enumerate() {
+        b.push(if i == 0 { "(" } else { ", (" });
+        b.bind(Bind::Text((*id).to_owned()));
+        b.push(", ");
+        b.bind(Bind::Text((*text).to_owned()));
+        b.push(", ");
+        b.bind(Bind::Ints(crate::search::index_keys(text)));
+        b.push(")");
+    }
+    b.push(
+        ") AS v (id, text, keys) WHERE u.id = v.id AND u.search_text = v.text \
+         AND u.search_terms IS NULL",
+    );
+    b.finish()
+}
+
 /// Takes a user out of SQLite's index of search terms, before its search
 /// text changes: `None` on PostgreSQL.
 pub fn unindex_user(id: &str, dialect: Dialect) -> Option<Statement> {
@@ -1026,12 +1089,16 @@ mod tests {
         let pg = count_users(&filter, &picked, Dialect::Postgres);
         assert!(
             pg.sql.ends_with(
-                "u.search_text LIKE $1 AND u.search_text LIKE $2 AND (u.search_text || '') LIKE $3"
+                " AND (u.search_terms @> $1 OR u.search_terms IS NULL) AND u.search_text LIKE $2"
             ),
             "{}",
             pg.sql
         );
-        assert_eq!(pg.binds[2], Bind::Text("%ab\"cd%".into()));
+        assert_eq!(
+            pg.binds[0],
+            Bind::Ints(crate::search::match_keys("ab\"cd", &picked))
+        );
+        assert_eq!(pg.binds[1], Bind::Text("%ab\"cd%".into()));
         let pg = count_users(&filter, &[], Dialect::Postgres);
         assert!(pg.sql.ends_with(" u.search_text LIKE $1"), "{}", pg.sql);
     }

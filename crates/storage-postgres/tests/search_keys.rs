@@ -1,0 +1,129 @@
+//! PostgreSQL's search keys follow inserts and changes; users left
+//! without keys (stored before the keys existed, or written by an earlier
+//! version of the store during a rolling upgrade) are still found, and
+//! get their keys the next time the store fills them in (at start-up).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed unwrap is a failed test"
+)]
+
+use roster_domain::{UserRecord, Username};
+use roster_storage::UserStore;
+use roster_storage::contract::{matching, new_user};
+use roster_storage::exec::SqlDatabase;
+use roster_storage::search::index_keys;
+use roster_storage::sessions::{ColumnType, Value};
+use roster_storage::sql::Statement;
+use roster_storage_postgres::{PoolConfig, PostgresStore};
+
+fn record(username: &str, offset: i64) -> UserRecord {
+    let email = format!("{username}@example.com");
+    UserRecord::new(new_user(&[&email], &[], Some(username), offset), None)
+}
+
+async fn found(store: &PostgresStore, query: &str) -> u64 {
+    matching(store, query).await
+}
+
+async fn execute(store: &PostgresStore, sql: &str) -> u64 {
+    let mut conn = store.connection().await.unwrap();
+    conn.execute(Statement::unbound(sql)).await.unwrap()
+}
+
+/// Users without keys, and users whose keys are not those of their text.
+async fn unkeyed_and_wrong(store: &PostgresStore) -> (usize, usize) {
+    let mut conn = store.connection().await.unwrap();
+    let rows = conn
+        .fetch_values(
+            Statement::unbound("SELECT search_text, search_terms::text FROM users"),
+            &[ColumnType::Text, ColumnType::Text],
+        )
+        .await
+        .unwrap();
+    let (mut unkeyed, mut wrong) = (0, 0);
+    for row in rows {
+        match &row[..] {
+            [Value::Text(Some(text)), Value::Text(Some(keys))] => {
+                let expected: Vec<String> = index_keys(text).iter().map(i32::to_string).collect();
+                if *keys != format!("{{{}}}", expected.join(",")) {
+                    wrong += 1;
+                }
+            }
+            [Value::Text(Some(_)), Value::Text(None)] => unkeyed += 1,
+            other => panic!("unexpected row {other:?}"),
+        }
+    }
+    (unkeyed, wrong)
+}
+
+#[tokio::test]
+async fn keys_follow_writes_and_users_without_keys_are_found_and_keyed() {
+    let url = roster_testing::postgres_database().await;
+    let store = PostgresStore::connect(&url, PoolConfig::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let alone = record("seed0001234", 0);
+    store.insert_user(&alone).await.unwrap();
+    let bulk: Vec<UserRecord> = (0..50).map(|i| record(&format!("bulk{i:04}"), i)).collect();
+    store.insert_users(&bulk).await.unwrap();
+    store
+        .update_user(
+            &alone.user.id,
+            Box::new(|r| {
+                r.user.username = Some(Username::parse("renamed777").unwrap());
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unkeyed_and_wrong(&store).await, (0, 0));
+    for (query, users) in [
+        ("renamed777", 1),
+        ("seed0001234@", 1),
+        ("bulk0042", 1),
+        ("bulk004", 10),
+        ("@example.com", 51),
+    ] {
+        assert_eq!(found(&store, query).await, users, "{query}");
+    }
+
+    // Users stored before the keys existed.
+    assert_eq!(
+        execute(
+            &store,
+            "UPDATE users SET search_terms = NULL WHERE username LIKE 'bulk000%'"
+        )
+        .await,
+        10
+    );
+    // An earlier version renaming a user changes its text, not its keys:
+    // the database drops them.
+    let renamed = format!(
+        "UPDATE users SET username = 'oldwriter99', username_normalized = 'oldwriter99', \
+         search_text = replace(search_text, 'bulk0042', 'oldwriter99') \
+         WHERE id = '{}'",
+        bulk[42].user.id
+    );
+    assert_eq!(execute(&store, &renamed).await, 1);
+    assert_eq!(unkeyed_and_wrong(&store).await, (11, 0));
+    assert_eq!(found(&store, "oldwriter99").await, 1);
+    assert_eq!(found(&store, "bulk0042").await, 0);
+    assert_eq!(found(&store, "bulk000").await, 10);
+    assert_eq!(found(&store, "bulk0007@example").await, 1);
+
+    // The next start gives them keys.
+    store.close().await;
+    let store = PostgresStore::connect(&url, PoolConfig::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(unkeyed_and_wrong(&store).await, (11, 0), "migrating alone");
+    assert_eq!(store.fill_search_keys().await.unwrap(), 11);
+    assert_eq!(unkeyed_and_wrong(&store).await, (0, 0));
+    assert_eq!(store.fill_search_keys().await.unwrap(), 0);
+    assert_eq!(found(&store, "oldwriter99").await, 1);
+    assert_eq!(found(&store, "bulk000").await, 10);
+    assert_eq!(found(&store, "@example.com").await, 51);
+}
