@@ -118,14 +118,16 @@ pub async fn load(url: &str, count: usize) -> anyhow::Result<Vec<String>> {
         "  loaded {count} users in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    if let Database::Postgres(_) = &database {
-        let settling = Instant::now();
-        database.settle_after_load().await?;
-        eprintln!(
-            "  VACUUM (ANALYZE) in {:.1}s",
-            settling.elapsed().as_secs_f64()
-        );
-    }
+    let settling = Instant::now();
+    database.settle_after_load().await?;
+    eprintln!(
+        "  {} in {:.1}s",
+        match &database {
+            Database::Postgres(_) => "VACUUM (ANALYZE)",
+            Database::Sqlite(_) => "search index merged into one segment",
+        },
+        settling.elapsed().as_secs_f64()
+    );
     database.close().await;
     Ok(ids)
 }

@@ -51,20 +51,25 @@ impl Database {
         }
     }
 
-    /// What PostgreSQL's manual advises after a bulk load: `VACUUM
-    /// (ANALYZE)` of the user tables, which sets their visibility maps and
-    /// statistics (autovacuum would otherwise do it while the first
-    /// requests are served). Nothing on SQLite.
+    /// What each database's manual advises after a bulk load. PostgreSQL:
+    /// `VACUUM (ANALYZE)` of the user tables, which sets their visibility
+    /// maps and statistics (autovacuum would otherwise do it while the
+    /// first requests are served). SQLite: the search index merged into
+    /// one segment (FTS5's `optimize`; the store would otherwise merge it
+    /// once writes are quiet, while the first requests are served).
     pub async fn settle_after_load(&self) -> Result<(), StorageError> {
         use roster_storage::exec::SqlDatabase as _;
-        if let Self::Postgres(s) = self {
-            let mut conn = s.connection().await?;
-            conn.execute(roster_storage::sql::Statement::unbound(
-                "VACUUM (ANALYZE) users, email_addresses, phone_numbers",
-            ))
-            .await?;
+        match self {
+            Self::Sqlite(s) => s.optimize_search_index().await,
+            Self::Postgres(s) => {
+                let mut conn = s.connection().await?;
+                conn.execute(roster_storage::sql::Statement::unbound(
+                    "VACUUM (ANALYZE) users, email_addresses, phone_numbers",
+                ))
+                .await?;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// The store, for the services.

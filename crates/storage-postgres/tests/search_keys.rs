@@ -2,16 +2,20 @@
 //! without keys (stored before the keys existed, or written by an earlier
 //! version of the store during a rolling upgrade) are still found, and
 //! get their keys the next time the store fills them in (at start-up).
+//! Pages of a search come from connections that keep one plan per
+//! statement.
 
 #![allow(
     clippy::unwrap_used,
     reason = "tests: a failed unwrap is a failed test"
 )]
 
+use roster_domain::query::{OrderBy, UserFilter};
 use roster_domain::{UserRecord, Username};
 use roster_storage::UserStore;
 use roster_storage::contract::{matching, new_user};
 use roster_storage::exec::SqlDatabase;
+use roster_storage::query::ListQuery;
 use roster_storage::search::index_keys;
 use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::Statement;
@@ -24,6 +28,35 @@ fn record(username: &str, offset: i64) -> UserRecord {
 
 async fn found(store: &PostgresStore, query: &str) -> u64 {
     matching(store, query).await
+}
+
+/// The usernames of the users matching `query`, newest first, read in
+/// pages of `size`.
+async fn listed(store: &PostgresStore, query: &str, size: i32) -> Vec<String> {
+    let filter = UserFilter {
+        query: Some(query.into()),
+        ..UserFilter::default()
+    };
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ListQuery::new(filter.clone(), OrderBy::default(), size, &token).unwrap();
+        let users = store.list_users(&page).await.unwrap();
+        names.extend(
+            users
+                .iter()
+                .map(|u| u.username.clone().unwrap().to_string()),
+        );
+        match users.last() {
+            Some(last) if users.len() == page.limit => token = page.next_token(last),
+            _ => return names,
+        }
+    }
+}
+
+/// `bulk{i}` for each `i` of `range`, newest first.
+fn bulk_names(range: std::ops::Range<usize>) -> Vec<String> {
+    range.rev().map(|i| format!("bulk{i:04}")).collect()
 }
 
 async fn execute(store: &PostgresStore, sql: &str) -> u64 {
@@ -88,6 +121,7 @@ async fn keys_follow_writes_and_users_without_keys_are_found_and_keyed() {
     ] {
         assert_eq!(found(&store, query).await, users, "{query}");
     }
+    assert_eq!(listed(&store, "bulk004", 3).await, bulk_names(40..50));
 
     // Users stored before the keys existed.
     assert_eq!(
@@ -112,6 +146,7 @@ async fn keys_follow_writes_and_users_without_keys_are_found_and_keyed() {
     assert_eq!(found(&store, "bulk0042").await, 0);
     assert_eq!(found(&store, "bulk000").await, 10);
     assert_eq!(found(&store, "bulk0007@example").await, 1);
+    assert_eq!(listed(&store, "bulk000", 3).await, bulk_names(0..10));
 
     // The next start gives them keys.
     store.close().await;
@@ -126,4 +161,26 @@ async fn keys_follow_writes_and_users_without_keys_are_found_and_keyed() {
     assert_eq!(found(&store, "oldwriter99").await, 1);
     assert_eq!(found(&store, "bulk000").await, 10);
     assert_eq!(found(&store, "@example.com").await, 51);
+    assert_eq!(listed(&store, "bulk000", 3).await, bulk_names(0..10));
+    let mut renamed_away = bulk_names(40..50);
+    renamed_away.retain(|name| name != "bulk0042");
+    assert_eq!(listed(&store, "bulk004", 4).await, renamed_away);
+}
+
+/// A search's page is read on a connection that keeps one plan for each
+/// statement; the other connections let PostgreSQL plan as it chooses.
+#[tokio::test]
+async fn searches_keep_one_plan_and_other_reads_do_not() {
+    let url = roster_testing::postgres_database().await;
+    let store = PostgresStore::connect(&url, PoolConfig::default())
+        .await
+        .unwrap();
+    let show = Statement::unbound("SHOW plan_cache_mode");
+    let mut conn = store.search_connection().await.unwrap();
+    assert_eq!(
+        conn.fetch_texts(show.clone()).await.unwrap(),
+        ["force_generic_plan"]
+    );
+    let mut conn = store.connection().await.unwrap();
+    assert_eq!(conn.fetch_texts(show).await.unwrap(), ["auto"]);
 }

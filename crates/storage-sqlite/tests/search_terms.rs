@@ -1,11 +1,14 @@
 //! SQLite's index of search terms follows inserts, changes and deletes,
-//! and a database whose index was left empty by a migration is filled the
-//! next time the store opens.
+//! a database whose index was left empty by a migration is filled the
+//! next time the store opens, and an index in many segments is merged
+//! while writes are quiet.
 
 #![allow(
     clippy::unwrap_used,
     reason = "tests: a failed unwrap is a failed test"
 )]
+
+use std::time::{Duration, Instant};
 
 use roster_domain::{UserRecord, Username};
 use roster_storage::UserStore;
@@ -13,7 +16,7 @@ use roster_storage::contract::{matching, new_user};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::search::{match_terms, trigrams};
 use roster_storage::sql::Statement;
-use roster_storage_sqlite::SqliteStore;
+use roster_storage_sqlite::{MAX_INDEX_SEGMENTS, SqliteStore};
 
 fn record(username: &str, offset: i64) -> UserRecord {
     let email = format!("{username}@example.com");
@@ -119,4 +122,49 @@ async fn the_index_follows_each_write_and_is_filled_when_left_empty() {
         .await
         .unwrap();
     assert_eq!(pending, 0);
+}
+
+/// An index that many commits left in more than `MAX_INDEX_SEGMENTS`
+/// segments is merged into one once writes stop, and a write arriving
+/// during the merge is neither refused nor lost.
+#[tokio::test]
+async fn a_quiet_index_in_many_segments_is_merged_into_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("roster.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.search_index_segments().await.unwrap(), 0);
+    let mut users = Vec::new();
+    // Each insert alone is a commit of its own, and a segment.
+    while store.search_index_segments().await.unwrap() <= MAX_INDEX_SEGMENTS {
+        assert!(users.len() < 1_000, "segments did not pile up");
+        let user = record(&format!("quiet{:04}", users.len()), 0);
+        store.insert_user(&user).await.unwrap();
+        users.push(user);
+    }
+    let piled = users.len();
+
+    // The merge starts after a second without writes; one more user
+    // while it runs.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let late = record("latecomer", 0);
+    store.insert_user(&late).await.unwrap();
+    users.push(late);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let segments = store.search_index_segments().await.unwrap();
+        if segments == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {segments} segments");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found(&store, "quiet").await, piled as u64);
+    assert_eq!(found(&store, "latecomer").await, 1);
+    for user in &users {
+        let username = user.user.username.as_ref().unwrap().as_str();
+        // Found through the index: a user missing from it is not.
+        assert_eq!(found(&store, username).await, 1, "{username}");
+    }
 }

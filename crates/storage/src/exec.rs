@@ -59,6 +59,13 @@ pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     fn dialect(&self) -> Dialect;
     /// A pooled connection, for reads.
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError>;
+    /// A pooled connection for a search through the index of search keys
+    /// (a `query` filter the window did not answer): on PostgreSQL, one
+    /// that keeps a single plan for each statement instead of planning it
+    /// again on every run with the values bound.
+    async fn search_connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
+        self.connection().await
+    }
     /// A write transaction. Reads of a user inside it with `lock` set keep
     /// other writers of that user out until it ends.
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError>;
@@ -110,19 +117,24 @@ const QUERY_WINDOW: usize = 250;
 /// Loads a page of users. A `query` filter is tried on the first users in
 /// order first (see [`QUERY_WINDOW`]; a page found there is the page),
 /// unless the trigram sample says they cannot hold a page of matches; then
-/// it is answered from the trigram index.
-async fn list_users(
-    conn: &mut dyn SqlConn,
-    stats: &SearchStats,
+/// it is answered from the trigram index, on PostgreSQL on a connection
+/// that keeps one plan (see [`SqlDatabase::search_connection`]).
+async fn list_users<D: SqlDatabase + ?Sized>(
+    db: &D,
     query: &ListQuery,
 ) -> Result<Vec<User>, StorageError> {
-    let dialect = conn.dialect();
+    let dialect = db.dialect();
     let mut trigrams = Vec::new();
     if let Some(text) = &query.filter.query {
-        let sample = search_sample(conn, stats).await?;
+        let sample = match db.search_stats().fresh() {
+            Some(sample) => sample,
+            None => search_sample(db.connection().await?.as_mut(), db.search_stats()).await?,
+        };
         let window = QUERY_WINDOW.max(query.limit.saturating_mul(10));
         if sample.may_hold(text, query.limit, window) {
-            let users = conn
+            let users = db
+                .connection()
+                .await?
                 .fetch_users(sql::list_users_in_window(query, window, dialect))
                 .await?;
             if users.len() >= query.limit {
@@ -131,52 +143,13 @@ async fn list_users(
         }
         trigrams = sample.rarest(text);
     }
-    if dialect == Dialect::Postgres && !trigrams.is_empty() {
-        return search_by_ids(conn, query, &trigrams).await;
-    }
-    let users = conn
-        .fetch_users(sql::list_users(query, &trigrams, dialect))
-        .await?;
-    Ok(into_records(users)?.into_iter().map(|r| r.user).collect())
-}
-
-/// A page of a PostgreSQL search through the index of search keys, in
-/// two statements: the page's ids, then their users. PostgreSQL plans a
-/// statement whose estimates depend on its parameters, like a lookup of
-/// search keys, again on every run, and planning the users' columns
-/// (their addresses and numbers, aggregated by subqueries) took more CPU
-/// than running the search. A statement of ids alone is cheap to plan,
-/// and PostgreSQL keeps the plan of one reading users by id. The second
-/// statement keeps the filter, so a user changed in between is left
-/// out, not shown unmatched.
-async fn search_by_ids(
-    conn: &mut dyn SqlConn,
-    query: &ListQuery,
-    trigrams: &[String],
-) -> Result<Vec<User>, StorageError> {
-    let dialect = conn.dialect();
-    let ids = conn
-        .fetch_texts(sql::list_user_ids(query, trigrams, dialect))
-        .await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let user_ids = ids
-        .iter()
-        .map(|id| {
-            UserId::parse(id)
-                .map_err(|_| StorageError::internal("a stored user id that does not parse"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let by_ids = ListQuery {
-        filter: UserFilter {
-            user_ids,
-            ..query.filter.clone()
-        },
-        ..query.clone()
+    let mut conn = if trigrams.is_empty() {
+        db.connection().await?
+    } else {
+        db.search_connection().await?
     };
     let users = conn
-        .fetch_users(sql::list_users(&by_ids, &[], dialect))
+        .fetch_users(sql::list_users(query, &trigrams, dialect))
         .await?;
     Ok(into_records(users)?.into_iter().map(|r| r.user).collect())
 }
@@ -875,12 +848,7 @@ impl<D: SqlDatabase + Clone + 'static> UserStore for D {
 
     #[tracing::instrument(name = "store.list_users", skip_all)]
     async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>, StorageError> {
-        list_users(
-            self.connection().await?.as_mut(),
-            self.search_stats(),
-            query,
-        )
-        .await
+        list_users(self, query).await
     }
 
     #[tracing::instrument(name = "store.count_users", skip_all)]

@@ -340,21 +340,7 @@ fn push_filter(b: &mut Builder, filter: &UserFilter, trigrams: &[String]) {
 /// `SELECT` of one page of users ([`user_columns`]); `trigrams` as
 /// [`push_filter`] takes them.
 pub fn list_users(query: &ListQuery, trigrams: &[String], dialect: Dialect) -> Statement {
-    select_page(user_columns(dialect), query, trigrams, dialect)
-}
-
-/// `SELECT` of the ids of one page of users, as [`list_users`] selects
-/// them.
-pub fn list_user_ids(query: &ListQuery, trigrams: &[String], dialect: Dialect) -> Statement {
-    select_page("u.id", query, trigrams, dialect)
-}
-
-fn select_page(
-    columns: &str,
-    query: &ListQuery,
-    trigrams: &[String],
-    dialect: Dialect,
-) -> Statement {
+    let columns = user_columns(dialect);
     let mut b = Builder::new(dialect, &format!("SELECT {columns} FROM users u"));
     push_filter(&mut b, &query.filter, trigrams);
     push_page(&mut b, query, query.limit);
