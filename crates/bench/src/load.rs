@@ -32,7 +32,8 @@ pub enum Scenario {
     CreateUserWithPassword,
     /// ListUsers, newest first, pages of 20.
     ListUsers,
-    /// ListUsers, pages of 20, with a substring `query` naming one user.
+    /// ListUsers, pages of 20, with a substring `query` naming one user,
+    /// whom the page must hold.
     ListUsersQuery,
     /// UpdateUserMetadata of a random user's public metadata.
     UpdateUserMetadata,
@@ -218,17 +219,26 @@ impl Worker {
             Scenario::ListUsersQuery => {
                 let i = self.random.below(self.target.queries.len());
                 let query = self.target.queries[i].clone();
-                self.users
+                let page = self
+                    .users
                     .list_users(ListUsersRequest {
                         page_size: 20,
                         filter: Some(UserFilter {
-                            query,
+                            query: query.clone(),
                             ..Default::default()
                         }),
                         ..Default::default()
                     })
                     .await
-                    .map(drop)
+                    .map_err(|status| status.code())?
+                    .into_inner();
+                // A search that misses the user it names is counted as a
+                // failure (NOT_FOUND), not as a fast answer.
+                return if page.users.iter().any(|u| u.username == query) {
+                    Ok(())
+                } else {
+                    Err(tonic::Code::NotFound)
+                };
             }
             Scenario::UpdateUserMetadata => self.update_metadata().await,
             Scenario::CreateEmailAddress => {

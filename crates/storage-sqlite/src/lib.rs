@@ -426,8 +426,9 @@ const MERGE_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_INDEX_SEGMENTS: usize = 8;
 
 /// The largest segment's pages over the others' past which a merge
-/// waits for more: at most this many pages of the index are rewritten
-/// for each page written since the last merge.
+/// waits for more: a merge then rewrites at most this many pages, and
+/// one, for each page written since the last one. Until then, lookups
+/// search the small segments too, as many as FTS5's own merges leave.
 const MERGE_RATIO: i64 = 8;
 
 /// Pages of the index (FTS5's, about 4 kB each) written by one step of a
