@@ -60,6 +60,7 @@ pub struct Metrics {
     pool_wait: Counter<f64, AtomicU64>,
     group_commits: Counter,
     group_commit_inserts: Counter,
+    group_commit_alone: Counter,
     hashes: Family<StateLabels, Gauge>,
     ready: Gauge,
     /// One scrape at a time: the pool counters advance by the difference
@@ -81,6 +82,7 @@ impl Default for Metrics {
             pool_wait: Counter::default(),
             group_commits: Counter::default(),
             group_commit_inserts: Counter::default(),
+            group_commit_alone: Counter::default(),
             hashes: Family::default(),
             ready: Gauge::default(),
             scraping: std::sync::Mutex::new(()),
@@ -128,13 +130,18 @@ impl Default for Metrics {
         );
         r.register(
             "db_group_commits",
-            "Write transactions shared by the inserts of new users waiting for them (SQLite)",
+            "Groups of waiting inserts of new users sent to the database together: one transaction on SQLite, one statement on PostgreSQL",
             metrics.group_commits.clone(),
         );
         r.register(
             "db_group_commit_inserts",
-            "Inserts of new users those transactions took (the ratio is the mean per transaction)",
+            "Inserts of new users those groups took (the ratio is the mean per group)",
             metrics.group_commit_inserts.clone(),
+        );
+        r.register(
+            "db_group_commit_inserts_alone",
+            "Inserts that ran again alone after their group's statement inserted nothing or was refused (PostgreSQL)",
+            metrics.group_commit_alone.clone(),
         );
         r.register(
             "password_hashes",
@@ -181,6 +188,7 @@ impl Metrics {
         if let Some(group) = state.users.group_commit_stats() {
             advance(&self.group_commits, group.transactions);
             advance(&self.group_commit_inserts, group.inserts);
+            advance(&self.group_commit_alone, group.alone);
         }
         let (queued, running) = state.hasher.queue();
         self.hashes

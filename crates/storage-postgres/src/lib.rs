@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use roster_storage::StorageError;
 use roster_storage::exec::{SqlConn, SqlDatabase, SqlTransaction};
+use roster_storage::group_commit::GroupCommit;
 use roster_storage::rows::{StoredUser, UserRow};
 use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::{Bind, Dialect, Statement};
@@ -44,6 +45,8 @@ pub struct PostgresStore {
     search_stats: std::sync::Arc<roster_storage::search::SearchStats>,
     /// The connection of the search index's background merge.
     merges: PgPool,
+    /// Where inserts of new users wait to go to the database together.
+    group_commit: std::sync::Arc<GroupCommit>,
     /// Held by every clone: the background merge of the search index
     /// ([`merge_pending_in_background`]) ends when the last one is dropped.
     _open: std::sync::Arc<()>,
@@ -280,6 +283,7 @@ impl PostgresStore {
             pool,
             searches,
             merges,
+            group_commit: std::sync::Arc::new(GroupCommit::new(INSERT_TURNS)),
             acquire_times: std::sync::Arc::default(),
             search_stats: std::sync::Arc::default(),
             _open: open,
@@ -340,6 +344,19 @@ impl PostgresStore {
 fn search_connections(max_connections: u32) -> u32 {
     (max_connections / 2).max(1)
 }
+
+/// Groups of new users' inserts one store sends to the database at once
+/// (see [`roster_storage::group_commit`]); the inserts that arrive
+/// meanwhile wait for the next free turn, and go together.
+///
+/// Each group is one statement, whatever its size: with the load
+/// generator, Roster and PostgreSQL on two cores, 32 callers creating
+/// users, `roster-bench suite` measured 0.33 and 0.37 of the insert
+/// baseline with each insert alone; 0.60 and 0.48 with one turn (about
+/// 16 inserts a statement); 0.56, 0.56 and 0.57 with two (about 6); 0.50
+/// with four. Two also keeps inserts moving while one statement waits
+/// for a lock.
+const INSERT_TURNS: usize = 2;
 
 /// How often the search index's pending entries are merged into it.
 const MERGE_PENDING_EVERY: Duration = Duration::from_millis(250);
@@ -416,6 +433,10 @@ impl SqlDatabase for PostgresStore {
 
     fn search_stats(&self) -> &roster_storage::search::SearchStats {
         &self.search_stats
+    }
+
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        Some(&self.group_commit)
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {

@@ -63,7 +63,8 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         group().stats(),
         GroupCommitStats {
             transactions: 1,
-            inserts: 1
+            inserts: 1,
+            alone: 0
         }
     );
 
@@ -132,7 +133,8 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         group().stats(),
         GroupCommitStats {
             transactions: 3,
-            inserts: 2 + queued.len() as u64
+            inserts: 2 + queued.len() as u64,
+            alone: 0
         }
     );
 

@@ -73,9 +73,8 @@ pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     fn pool_stats(&self) -> crate::PoolStats;
     /// What the store knows of its search texts' trigrams.
     fn search_stats(&self) -> &SearchStats;
-    /// Where inserts of new users wait to share a write transaction, on a
-    /// backend with one writer at a time (see [`crate::group_commit`]);
-    /// `None` where each insert commits alone.
+    /// Where inserts of new users wait to go to the database together
+    /// (see [`crate::group_commit`]); `None` where each insert goes alone.
     fn group_commit(&self) -> Option<&GroupCommit> {
         None
     }
@@ -610,18 +609,27 @@ fn new_user_rows(record: &UserRecord, dialect: Dialect) -> Vec<TableRows<'static
     ]
 }
 
-/// Inserts a user without a transaction where one statement can do it
-/// (see [`sql::insert_unless_held`]): when no other user holds any of its
-/// identifiers, the common case, there is nothing to settle. Otherwise
-/// [`insert_user`] in a write transaction: one shared with other inserts
-/// where the backend has a [`GroupCommit`] (SQLite), its own elsewhere.
+/// Inserts a user: through the backend's [`GroupCommit`], where it has
+/// one, with the inserts waiting beside it; else alone
+/// ([`insert_alone`]).
 async fn insert_new_user<D: SqlDatabase + Clone + 'static>(
     db: &D,
     record: &UserRecord,
 ) -> Result<(), StorageError> {
-    if let Some(group) = db.group_commit() {
-        return group.insert(db, record).await;
+    match db.group_commit() {
+        Some(group) => group.insert(db, record).await,
+        None => insert_alone(db, record).await,
     }
+}
+
+/// Inserts one user without a transaction where one statement can do it
+/// (see [`sql::insert_unless_held`]): when no other user holds any of its
+/// identifiers, the common case, there is nothing to settle. Otherwise
+/// [`insert_user`] in a write transaction of its own.
+pub(crate) async fn insert_alone<D: SqlDatabase + ?Sized>(
+    db: &D,
+    record: &UserRecord,
+) -> Result<(), StorageError> {
     let user = &record.user;
     let dialect = db.dialect();
     let changes = user.identifier_changes(None);
@@ -639,6 +647,47 @@ async fn insert_new_user<D: SqlDatabase + Clone + 'static>(
     let mut tx = db.begin_write().await?;
     insert_user(tx.as_mut(), record).await?;
     tx.commit().await
+}
+
+/// Inserts new users, none of whom shares an email address or phone
+/// number with another, in one statement (see
+/// [`sql::insert_unless_held`]), unless another user holds one of their
+/// identifiers: then nothing is inserted, and `false` says so. `false`
+/// too on SQLite, which has no such statement, and for more values than
+/// one statement binds. Fails whole when the database refuses any of the
+/// rows (a username taken).
+pub(crate) async fn insert_all_unless_held<D: SqlDatabase + ?Sized>(
+    db: &D,
+    records: &[&UserRecord],
+) -> Result<bool, StorageError> {
+    let dialect = db.dialect();
+    let mut tables: Vec<TableRows<'_>> = Vec::new();
+    let mut changes = Vec::new();
+    for record in records {
+        changes.extend(record.user.identifier_changes(None));
+        for (i, rows) in new_user_rows(record, dialect).into_iter().enumerate() {
+            match tables.get_mut(i) {
+                Some(all) => all.rows.extend(rows.rows),
+                None => tables.push(rows),
+            }
+        }
+    }
+    let binds: usize = changes.len()
+        + tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .map(Vec::len)
+            .sum::<usize>();
+    if binds > MAX_BINDS {
+        return Ok(false);
+    }
+    // New users' ids are in none of the tables yet: no holder is one of
+    // them, so none needs leaving out.
+    let Some(statement) = sql::insert_unless_held(tables, &changes, "", dialect) else {
+        return Ok(false);
+    };
+    let mut conn = db.connection().await?;
+    Ok(read_holders(conn.as_mut(), statement).await?.is_empty())
 }
 
 /// Most values bound in one statement: under SQLite's limit (32 766) and

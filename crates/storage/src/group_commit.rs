@@ -1,20 +1,31 @@
-//! Group commit: new users whose inserts arrive while another insert's
-//! transaction runs wait, and then share one write transaction.
+//! Group commit: new users whose inserts arrive while the store is busy
+//! with others wait, and then go to the database together.
 //!
-//! A backend with one writer at a time (SQLite) pays for every transaction
-//! more than its rows cost: the full-text index writes a new segment at
-//! each commit, and the write lock passes from one caller to the next. So
-//! inserts queue here, and whoever takes the next turn commits every
-//! insert waiting (up to [`MOST_PER_TRANSACTION`]) in one transaction.
+//! Every insert costs the database more than its rows: on SQLite, which
+//! has one writer at a time, a commit writes a new segment of the
+//! full-text index and hands the write lock to the next caller; on
+//! PostgreSQL, a statement is a round trip, an executor started and a
+//! transaction committed. So inserts queue here, and whoever takes the
+//! next turn sends every insert waiting (up to [`MOST_PER_TRANSACTION`])
+//! at once:
 //!
-//! - Each insert runs inside a savepoint of its own: one refused insert (a
-//!   username taken, by the store or by an insert earlier in the same
-//!   transaction) rolls back its own rows only, and is answered with its
-//!   own error.
+//! - SQLite (one turn at a time): one write transaction, each insert
+//!   inside a savepoint of its own, so that one refused insert (a username
+//!   taken, by the store or by an insert earlier in the same transaction)
+//!   rolls back its own rows only, and is answered with its own error.
+//! - PostgreSQL (several turns at once, each on a connection of its own):
+//!   one statement inserting every user, which inserts nothing when
+//!   another user holds one of their email addresses or phone numbers
+//!   ([`crate::exec`]'s `insert_all_unless_held`). When it inserts nothing,
+//!   or is refused (a username taken), or two of its users share an
+//!   identifier, each insert runs again alone, as it would without a
+//!   queue, and gets its own answer.
+//!
+//! In both:
 //! - No caller is answered before the commit: a user reported created is
 //!   durable, and when the commit fails every insert of the transaction
 //!   fails with it.
-//! - The transaction runs in a task of its own, so a caller that goes away
+//! - The inserts run in a task of their own, so a caller that goes away
 //!   (a cancelled call) cannot abandon the others' inserts halfway. An
 //!   insert whose caller went away before its turn is not made.
 
@@ -26,34 +37,49 @@ use tokio::sync::oneshot;
 
 use crate::StorageError;
 use crate::exec::{
-    SqlConn, SqlDatabase, index_new_users, insert_unindexed, insert_user, unindexed,
+    SqlConn, SqlDatabase, index_new_users, insert_all_unless_held, insert_alone, insert_unindexed,
+    insert_user, unindexed,
 };
-use crate::sql::Statement;
+use crate::sql::{Dialect, Statement};
 
-/// Most inserts one transaction takes: enough to share a commit among
-/// every caller of a busy server, few enough that other writers wait for
-/// one transaction of bounded length.
+/// Most inserts one group takes: enough to share a commit among every
+/// caller of a busy server, few enough that other writers wait for one
+/// transaction of bounded length, and that a group's statement stays
+/// under the database's limit of bound values.
 pub const MOST_PER_TRANSACTION: usize = 64;
 
-/// The queue of inserts waiting for a write transaction (see the module
+/// The queue of inserts waiting for a turn (see the module
 /// documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GroupCommit {
     waiting: Mutex<Vec<Waiting>>,
-    /// Held by the task that runs a transaction of waiting inserts, from
-    /// taking them until all are answered.
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Turns: one is held by each task that runs a transaction of waiting
+    /// inserts, from taking them until all are answered.
+    turns: Arc<tokio::sync::Semaphore>,
     transactions: AtomicU64,
     inserts: AtomicU64,
+    /// Shared with the tasks that run the inserts.
+    alone: Arc<AtomicU64>,
+}
+
+/// One turn at a time, as a backend with one writer needs.
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 /// What a [`GroupCommit`] has done since the store opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Transactions begun for waiting inserts.
+    /// Groups of waiting inserts sent to the database: a transaction each
+    /// on SQLite, a statement each on PostgreSQL.
     pub transactions: u64,
-    /// Inserts those transactions took.
+    /// Inserts those groups took.
     pub inserts: u64,
+    /// Inserts that ran again alone after the one statement of their
+    /// group inserted nothing or was refused (PostgreSQL).
+    pub alone: u64,
 }
 
 /// An insert waiting for its transaction, and where its answer goes.
@@ -64,16 +90,29 @@ struct Waiting {
 }
 
 impl GroupCommit {
-    /// Inserts waiting for a transaction now.
+    /// A queue whose inserts go to the database in up to `turns` groups
+    /// at once (at least one).
+    pub fn new(turns: usize) -> Self {
+        Self {
+            waiting: Mutex::default(),
+            turns: Arc::new(tokio::sync::Semaphore::new(turns.max(1))),
+            transactions: AtomicU64::default(),
+            inserts: AtomicU64::default(),
+            alone: Arc::default(),
+        }
+    }
+
+    /// Inserts waiting for a turn now.
     pub fn waiting(&self) -> usize {
         self.queue().len()
     }
 
-    /// Transactions begun and inserts taken so far.
+    /// Groups sent and inserts taken so far.
     pub fn stats(&self) -> GroupCommitStats {
         GroupCommitStats {
             transactions: self.transactions.load(Relaxed),
             inserts: self.inserts.load(Relaxed),
+            alone: self.alone.load(Relaxed),
         }
     }
 
@@ -83,8 +122,8 @@ impl GroupCommit {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Inserts `record` in a transaction shared with the inserts waiting
-    /// with it, as [`crate::UserStore::insert_user`] does alone.
+    /// Inserts `record` together with the inserts waiting with it, as
+    /// [`crate::UserStore::insert_user`] does alone.
     pub(crate) async fn insert<D>(&self, db: &D, record: &UserRecord) -> Result<(), StorageError>
     where
         D: SqlDatabase + Clone + 'static,
@@ -99,7 +138,8 @@ impl GroupCommit {
             biased;
             // An earlier turn took this insert and has answered it.
             result = &mut answered => return result.unwrap_or_else(|_| Err(unanswered())),
-            turn = self.turn.clone().lock_owned() => {
+            // The semaphore is never closed: every acquisition gets a turn.
+            Ok(turn) = self.turns.clone().acquire_owned() => {
                 let batch: Vec<Waiting> = {
                     let mut queue = self.queue();
                     let end = queue.len().min(MOST_PER_TRANSACTION);
@@ -111,8 +151,10 @@ impl GroupCommit {
                     self.transactions.fetch_add(1, Relaxed);
                     self.inserts.fetch_add(batch.len() as u64, Relaxed);
                     let db = db.clone();
+                    let alone = Arc::clone(&self.alone);
                     tokio::spawn(async move {
-                        commit_together(&db, batch).await;
+                        let count = commit_together(&db, batch).await;
+                        alone.fetch_add(count as u64, Relaxed);
                         drop(turn);
                     });
                 }
@@ -126,10 +168,77 @@ fn unanswered() -> StorageError {
     StorageError::internal("an insert's transaction ended without answering it")
 }
 
-/// Inserts `batch` in one write transaction, each insert in a savepoint,
-/// and answers each once the transaction has ended.
+/// Inserts `batch` together, as its backend does (see the module
+/// documentation), and answers each insert once it is committed; returns
+/// how many ran again alone.
 #[tracing::instrument(name = "store.insert_users_together", skip_all, fields(count = batch.len()))]
-async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) {
+async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
+    match db.dialect() {
+        Dialect::Sqlite => {
+            commit_in_savepoints(db, batch).await;
+            0
+        }
+        Dialect::Postgres => insert_in_one_statement(db, batch).await,
+    }
+}
+
+/// PostgreSQL: `batch` in one statement, or, when that inserts nothing
+/// or is refused, each insert alone; returns how many ran alone, of a
+/// group of several.
+async fn insert_in_one_statement<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
+    let batch: Vec<Waiting> = batch
+        .into_iter()
+        .filter(|w| !w.answer.is_closed())
+        .collect();
+    if batch.len() > 1 && !shares_identifier(&batch) {
+        let records: Vec<&UserRecord> = batch.iter().map(|w| &w.record).collect();
+        match insert_all_unless_held(db, &records).await {
+            Ok(true) => {
+                for waiting in batch {
+                    let _ = waiting.answer.send(Ok(()));
+                }
+                return 0;
+            }
+            // Another user holds an identifier, or one insert was
+            // refused (a username taken) or lost a race: alone, each
+            // settles its own identifiers and gets its own answer.
+            Ok(false) | Err(StorageError::Conflict { .. } | StorageError::Aborted(_)) => {}
+            // The database failed the statement itself: it would fail
+            // each insert alone too.
+            Err(error) => {
+                answer_all(batch, &error);
+                return 0;
+            }
+        }
+    }
+    let alone = if batch.len() > 1 { batch.len() } else { 0 };
+    for waiting in batch {
+        let outcome = insert_alone(db, &waiting.record).await;
+        let _ = waiting.answer.send(outcome);
+    }
+    alone
+}
+
+/// Whether two inserts of `batch` name the same email address or phone
+/// number. One statement reads the other holders of its identifiers from
+/// before its inserts, so it would not see the other insert's copy, which
+/// the two must settle between them (only verified identifiers are
+/// unique, and a verified one takes the unverified copies away).
+fn shares_identifier(batch: &[Waiting]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    batch.iter().any(|w| {
+        let mut own = std::collections::HashSet::new();
+        w.record
+            .user
+            .identifier_changes(None)
+            .into_iter()
+            .filter(|c| own.insert((c.channel, c.normalized.clone())))
+            .any(|c| !seen.insert((c.channel, c.normalized)))
+    })
+}
+
+/// SQLite: `batch` in one write transaction, each insert in a savepoint.
+async fn commit_in_savepoints<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) {
     let mut tx = match db.begin_write().await {
         Ok(tx) => tx,
         Err(error) => return answer_all(batch, &error),

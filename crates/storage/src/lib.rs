@@ -9,8 +9,8 @@
 //! - [`query`]: list filters, orderings, keyset cursors and page tokens.
 //! - [`exec`]: the `UserStore` of every SQL backend, over two small traits
 //!   a backend implements (connections and transactions).
-//! - [`group_commit`]: inserts of new users sharing one write transaction
-//!   on a backend with one writer.
+//! - [`group_commit`]: inserts of new users that wait while the store is
+//!   busy, then go to the database together.
 //! - [`rows`]: rows as the SQL schemas store them, and their mapping to
 //!   and from the domain.
 //! - [`search`]: which trigrams a `query` filter looks up.
@@ -177,8 +177,8 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// What inserts sharing write transactions have done, for backends
-    /// where they do (see [`group_commit`]).
+    /// What inserts of new users going to the database together have
+    /// done, for backends where they do (see [`group_commit`]).
     fn group_commit_stats(&self) -> Option<group_commit::GroupCommitStats> {
         None
     }
