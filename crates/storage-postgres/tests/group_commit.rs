@@ -9,10 +9,9 @@
 )]
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
-use roster_storage::contract::matching;
+use roster_domain::UserRecord;
+use roster_storage::contract::{matching, new_record, until};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::group_commit::{GroupCommit, GroupCommitStats};
 use roster_storage::sessions::{ColumnType, Value};
@@ -21,35 +20,7 @@ use roster_storage::{StorageError, UserFilter, UserStore};
 use roster_storage_postgres::{PoolConfig, PostgresStore};
 
 fn user(email: &str, username: &str, offset: i64) -> UserRecord {
-    user_verified(email, true, username, offset)
-}
-
-fn user_verified(email: &str, verified: bool, username: &str, offset: i64) -> UserRecord {
-    let user = User::create(
-        NewUser {
-            identifiers: NewIdentifiers {
-                emails: vec![Email::parse(email).unwrap()],
-                phones: Vec::new(),
-                verified,
-            },
-            username: Some(Username::parse(username).unwrap()),
-            ..NewUser::default()
-        },
-        Timestamp::from_millis(1_700_000_000_000 + offset),
-    )
-    .unwrap();
-    UserRecord::new(user, None)
-}
-
-/// Polls `done` until it holds; panics after ten seconds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
+    new_record(email, true, username, offset)
 }
 
 fn group(store: &PostgresStore) -> &GroupCommit {
@@ -149,7 +120,7 @@ async fn waiting_inserts_go_in_one_statement_and_fail_alone() {
         .insert_user(&user("taken@example.com", "taken", 0))
         .await
         .unwrap();
-    let loose = user_verified("loose@example.com", false, "loose", 1);
+    let loose = new_record("loose@example.com", false, "loose", 1);
     store.insert_user(&loose).await.unwrap();
     assert_eq!(
         group(&store).stats(),
@@ -213,7 +184,7 @@ async fn waiting_inserts_go_in_one_statement_and_fail_alone() {
     // Two inserts of one group name the same address: they settle it
     // between them one after the other, the verified one keeping it.
     let shared = [
-        user_verified("shared@example.com", false, "heidi", 40),
+        new_record("shared@example.com", false, "heidi", 40),
         user("shared@example.com", "ivan", 41),
         user("mallory@example.com", "mallory", 42),
     ];

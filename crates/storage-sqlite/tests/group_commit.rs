@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_domain::{Email, NewIdentifiers, NewUser, Timestamp, User, UserRecord, Username};
+use roster_domain::UserRecord;
+use roster_storage::contract::{new_record, until};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::group_commit::GroupCommitStats;
 use roster_storage::sql::Statement;
@@ -17,35 +18,7 @@ use roster_storage::{StorageError, UserFilter, UserStore};
 use roster_storage_sqlite::SqliteStore;
 
 fn user(email: &str, username: &str, offset: i64) -> UserRecord {
-    user_verified(email, true, username, offset)
-}
-
-fn user_verified(email: &str, verified: bool, username: &str, offset: i64) -> UserRecord {
-    let user = User::create(
-        NewUser {
-            identifiers: NewIdentifiers {
-                emails: vec![Email::parse(email).unwrap()],
-                phones: Vec::new(),
-                verified,
-            },
-            username: Some(Username::parse(username).unwrap()),
-            ..NewUser::default()
-        },
-        Timestamp::from_millis(1_700_000_000_000 + offset),
-    )
-    .unwrap();
-    UserRecord::new(user, None)
-}
-
-/// Polls `done` until it holds; panics after ten seconds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
+    new_record(email, true, username, offset)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +61,7 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         user("e@example.com", "erin", 6),
         user("f@example.com", "erin", 7), // an earlier one in the queue's
         user("g@example.com", "grace", 8),
-        user_verified("shared@example.com", false, "heidi", 9),
+        new_record("shared@example.com", false, "heidi", 9),
         // Verified, it takes the address from heidi, unverified.
         user("shared@example.com", "ivan", 10),
     ];

@@ -100,6 +100,36 @@ pub fn new_user(emails: &[&str], phones: &[&str], username: Option<&str>, offset
     .unwrap()
 }
 
+/// A new user's record with one email address, verified or not, and a
+/// username, created at `T0 + offset`.
+pub fn new_record(email: &str, verified: bool, username: &str, offset: i64) -> UserRecord {
+    let user = User::create(
+        NewUser {
+            identifiers: NewIdentifiers {
+                emails: vec![Email::parse(email).unwrap()],
+                phones: Vec::new(),
+                verified,
+            },
+            username: Some(Username::parse(username).unwrap()),
+            ..NewUser::default()
+        },
+        at(offset),
+    )
+    .unwrap();
+    UserRecord::new(user, None)
+}
+
+/// Polls `done` every 10 ms until it holds; panics after ten seconds.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
 async fn insert(store: &dyn UserStore, user: &User) {
     store
         .insert_user(&UserRecord::new(user.clone(), None))
