@@ -140,7 +140,7 @@ impl Default for Metrics {
         );
         r.register(
             "db_group_commit_inserts_alone",
-            "Inserts that ran again alone after their group's statement inserted nothing or was refused (PostgreSQL)",
+            "Inserts of groups that went to the database one at a time after all: the group's statement inserted nothing or was refused, or two of them named one identifier (PostgreSQL)",
             metrics.group_commit_alone.clone(),
         );
         r.register(

@@ -53,7 +53,7 @@ pub const MOST_PER_TRANSACTION: usize = 64;
 #[derive(Debug)]
 pub struct GroupCommit {
     waiting: Mutex<Vec<Waiting>>,
-    /// Turns: one is held by each task that runs a transaction of waiting
+    /// Turns: one is held by each task that runs a group of waiting
     /// inserts, from taking them until all are answered.
     turns: Arc<tokio::sync::Semaphore>,
     transactions: AtomicU64,
@@ -77,8 +77,9 @@ pub struct GroupCommitStats {
     pub transactions: u64,
     /// Inserts those groups took.
     pub inserts: u64,
-    /// Inserts that ran again alone after the one statement of their
-    /// group inserted nothing or was refused (PostgreSQL).
+    /// Inserts of groups of several that went to the database one at a
+    /// time after all (PostgreSQL): their group's statement inserted
+    /// nothing or was refused, or two of them named one identifier.
     pub alone: u64,
 }
 
