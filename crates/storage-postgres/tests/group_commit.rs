@@ -8,16 +8,19 @@
     reason = "tests: a failed unwrap is a failed test"
 )]
 
+mod common;
+
 use std::sync::Arc;
 
 use roster_domain::UserRecord;
 use roster_storage::contract::{matching, new_record, until};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::group_commit::{GroupCommit, GroupCommitStats};
-use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::Statement;
 use roster_storage::{StorageError, UserFilter, UserStore};
 use roster_storage_postgres::{PoolConfig, PostgresStore};
+
+use common::unkeyed_and_wrong;
 
 fn user(email: &str, username: &str, offset: i64) -> UserRecord {
     new_record(email, true, username, offset)
@@ -81,30 +84,6 @@ async fn behind_busy_turns(
         });
     }
     fields
-}
-
-/// Users whose search keys are not those of their search text.
-async fn wrongly_keyed(store: &PostgresStore) -> usize {
-    let mut conn = store.connection().await.unwrap();
-    let rows = conn
-        .fetch_values(
-            Statement::unbound("SELECT search_text, search_terms::text FROM users"),
-            &[ColumnType::Text, ColumnType::Text],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .filter(|row| match &row[..] {
-            [Value::Text(Some(text)), Value::Text(Some(keys))] => {
-                let expected: Vec<String> = roster_storage::search::index_keys(text)
-                    .iter()
-                    .map(i32::to_string)
-                    .collect();
-                *keys != format!("{{{}}}", expected.join(","))
-            }
-            _ => true,
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +192,7 @@ async fn waiting_inserts_go_in_one_statement_and_fail_alone() {
     }
     // 2 + 5 + 2 + 2 + 3 from the groups, 8 blocked inserts.
     assert_eq!(store.count_users(&UserFilter::default()).await.unwrap(), 22);
-    assert_eq!(wrongly_keyed(&store).await, 0);
+    assert_eq!(unkeyed_and_wrong(&store).await, (0, 0));
     for (query, users) in [
         ("clean3@example", 1),
         ("clean", 5),

@@ -10,16 +10,18 @@
     reason = "tests: a failed unwrap is a failed test"
 )]
 
+mod common;
+
 use roster_domain::query::{OrderBy, UserFilter};
 use roster_domain::{UserRecord, Username};
 use roster_storage::UserStore;
 use roster_storage::contract::{matching, new_user};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::query::ListQuery;
-use roster_storage::search::index_keys;
-use roster_storage::sessions::{ColumnType, Value};
 use roster_storage::sql::Statement;
 use roster_storage_postgres::{PoolConfig, PostgresStore};
+
+use common::unkeyed_and_wrong;
 
 fn record(username: &str, offset: i64) -> UserRecord {
     let email = format!("{username}@example.com");
@@ -62,32 +64,6 @@ fn bulk_names(range: std::ops::Range<usize>) -> Vec<String> {
 async fn execute(store: &PostgresStore, sql: &str) -> u64 {
     let mut conn = store.connection().await.unwrap();
     conn.execute(Statement::unbound(sql)).await.unwrap()
-}
-
-/// Users without keys, and users whose keys are not those of their text.
-async fn unkeyed_and_wrong(store: &PostgresStore) -> (usize, usize) {
-    let mut conn = store.connection().await.unwrap();
-    let rows = conn
-        .fetch_values(
-            Statement::unbound("SELECT search_text, search_terms::text FROM users"),
-            &[ColumnType::Text, ColumnType::Text],
-        )
-        .await
-        .unwrap();
-    let (mut unkeyed, mut wrong) = (0, 0);
-    for row in rows {
-        match &row[..] {
-            [Value::Text(Some(text)), Value::Text(Some(keys))] => {
-                let expected: Vec<String> = index_keys(text).iter().map(i32::to_string).collect();
-                if *keys != format!("{{{}}}", expected.join(",")) {
-                    wrong += 1;
-                }
-            }
-            [Value::Text(Some(_)), Value::Text(None)] => unkeyed += 1,
-            other => panic!("unexpected row {other:?}"),
-        }
-    }
-    (unkeyed, wrong)
 }
 
 #[tokio::test]

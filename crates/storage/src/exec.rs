@@ -630,19 +630,8 @@ pub(crate) async fn insert_alone<D: SqlDatabase + ?Sized>(
     db: &D,
     record: &UserRecord,
 ) -> Result<(), StorageError> {
-    let user = &record.user;
-    let dialect = db.dialect();
-    let changes = user.identifier_changes(None);
-    if let Some(statement) = sql::insert_unless_held(
-        new_user_rows(record, dialect),
-        &changes,
-        user.id.as_str(),
-        dialect,
-    ) {
-        let mut conn = db.connection().await?;
-        if read_holders(conn.as_mut(), statement).await?.is_empty() {
-            return Ok(());
-        }
+    if insert_all_unless_held(db, &[record]).await? {
+        return Ok(());
     }
     let mut tx = db.begin_write().await?;
     insert_user(tx.as_mut(), record).await?;
