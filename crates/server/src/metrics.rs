@@ -140,7 +140,7 @@ impl Default for Metrics {
         );
         r.register(
             "db_group_commit_inserts_alone",
-            "Inserts of groups that went to the database one at a time after all: the group's statement inserted nothing or was refused, or two of them named one identifier (PostgreSQL)",
+            "Inserts of groups that went to the database one at a time after all: another user held an identifier of the group, a row was refused, or two of them named one identifier",
             metrics.group_commit_alone.clone(),
         );
         r.register(

@@ -1,5 +1,6 @@
-//! Inserts that wait for SQLite's writer share one transaction, and each
-//! still succeeds or fails on its own.
+//! Inserts that wait for SQLite's writer share one transaction, in one
+//! call when nothing stands in their way, and each still succeeds or
+//! fails on its own; the log is checkpointed beside the writer.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roster_domain::UserRecord;
-use roster_storage::contract::{new_record, until};
+use roster_storage::contract::{new_record, until, waiting_groups_succeed_and_fail_alone};
 use roster_storage::exec::SqlDatabase;
-use roster_storage::group_commit::GroupCommitStats;
 use roster_storage::sql::Statement;
 use roster_storage::{StorageError, UserFilter, UserStore};
 use roster_storage_sqlite::SqliteStore;
@@ -21,119 +21,60 @@ fn user(email: &str, username: &str, offset: i64) -> UserRecord {
     new_record(email, true, username, offset)
 }
 
+/// Inserts `records`, all waiting for the writer together, in order;
+/// returns each one's outcome as the field of its conflict, `None` when
+/// it was inserted.
+///
+/// Another writer first holds SQLite's write lock: an insert named after
+/// `tag` takes the turn and waits for the lock, and `records` queue
+/// behind it, one at a time. Then the writer lets go, and the next turn
+/// takes every record waiting.
+async fn behind_the_writer(
+    store: &Arc<SqliteStore>,
+    tag: &str,
+    records: &[UserRecord],
+) -> Vec<Option<String>> {
+    let group = || store.group_commit().unwrap();
+    let spawn = |record: UserRecord| {
+        let store = store.clone();
+        tokio::spawn(async move { store.insert_user(&record).await })
+    };
+    let writer = store.begin_write().await.unwrap();
+    let before = group().stats().transactions;
+    let name = format!("{tag}first");
+    let first = spawn(user(&format!("{name}@example.com"), &name, 0));
+    until("the first insert takes the turn", || {
+        group().stats().transactions == before + 1
+    })
+    .await;
+    let mut queued = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        queued.push(spawn(record.clone()));
+        until("the insert waits", || group().waiting() == i + 1).await;
+    }
+    drop(writer);
+    first.await.unwrap().unwrap();
+    let mut fields = Vec::new();
+    for insert in queued {
+        fields.push(match insert.await.unwrap() {
+            Ok(()) => None,
+            Err(StorageError::Conflict { field }) => Some(field),
+            Err(other) => panic!("unexpected {other:?}"),
+        });
+    }
+    fields
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_inserts_commit_together_and_fail_alone() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("roster.db").display());
     let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
     store.migrate().await.unwrap();
-    let group = || store.group_commit().unwrap();
-    store
-        .insert_user(&user("taken@example.com", "taken", 0))
-        .await
-        .unwrap();
-    assert_eq!(
-        group().stats(),
-        GroupCommitStats {
-            transactions: 1,
-            inserts: 1,
-            alone: 0
-        }
-    );
-
-    // Another writer holds SQLite's write lock: the next insert's
-    // transaction cannot begin, and the inserts after it queue.
-    let writer = store.begin_write().await.unwrap();
-    let spawn = |record: UserRecord| {
-        let store = store.clone();
-        tokio::spawn(async move { store.insert_user(&record).await })
-    };
-    let first = spawn(user("first@example.com", "first", 1));
-    until("the first insert's transaction is begun", || {
-        group().stats().transactions == 2
+    waiting_groups_succeed_and_fail_alone(store.as_ref(), 1, async |tag, records| {
+        behind_the_writer(&store, tag, records).await
     })
     .await;
-    let queued = [
-        user("a@example.com", "alice", 2),
-        user("b@example.com", "taken", 3), // the store's username
-        user("c@example.com", "carol", 4),
-        user("first@example.com", "dave", 5), // the first insert's email
-        user("e@example.com", "erin", 6),
-        user("f@example.com", "erin", 7), // an earlier one in the queue's
-        user("g@example.com", "grace", 8),
-        new_record("shared@example.com", false, "heidi", 9),
-        // Verified, it takes the address from heidi, unverified.
-        user("shared@example.com", "ivan", 10),
-    ];
-    // One at a time, so that they queue in this order.
-    let mut tasks = Vec::new();
-    for (i, record) in queued.iter().enumerate() {
-        tasks.push(spawn(record.clone()));
-        until("the insert waits", || group().waiting() == i + 1).await;
-    }
-    drop(writer);
-
-    first.await.unwrap().unwrap();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    let fields: Vec<Option<String>> = results
-        .into_iter()
-        .map(|r| match r {
-            Ok(()) => None,
-            Err(StorageError::Conflict { field }) => Some(field),
-            Err(other) => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    let conflict = |f: &str| Some(f.to_owned());
-    assert_eq!(
-        fields,
-        [
-            None,
-            conflict("username"),
-            None,
-            conflict("email_address"),
-            None,
-            conflict("username"),
-            None,
-            None,
-            None,
-        ]
-    );
-    // One transaction took all waiting inserts.
-    assert_eq!(
-        group().stats(),
-        GroupCommitStats {
-            transactions: 3,
-            inserts: 2 + queued.len() as u64,
-            alone: 0
-        }
-    );
-
-    // The refused inserts left nothing behind: no user, no identifier, no
-    // search entry; the accepted ones are whole.
-    let heidi = &queued[7].user;
-    for (record, field) in queued.iter().zip(&fields) {
-        let stored = store.get_user(&record.user.id).await.unwrap();
-        if field.is_some() {
-            assert!(stored.is_none(), "{field:?}");
-        } else if record.user.id == heidi.id {
-            assert!(stored.unwrap().email_addresses.is_empty());
-        } else {
-            assert_eq!(stored.as_ref(), Some(&record.user));
-        }
-    }
-    assert_eq!(store.count_users(&UserFilter::default()).await.unwrap(), 8);
-    let matching = |query: &str| UserFilter {
-        query: Some(query.to_owned()),
-        ..UserFilter::default()
-    };
-    assert_eq!(store.count_users(&matching("erin")).await.unwrap(), 1);
-    assert_eq!(store.count_users(&matching("f@example")).await.unwrap(), 0);
-    assert_eq!(store.count_users(&matching("taken")).await.unwrap(), 1);
-    assert_eq!(store.count_users(&matching("shared@")).await.unwrap(), 1);
-    assert_eq!(store.count_users(&matching("heidi")).await.unwrap(), 1);
     // The index of search terms is sound and holds the users table's
     // rows, no more.
     let mut conn = store.connection().await.unwrap();
@@ -149,13 +90,14 @@ async fn waiting_inserts_commit_together_and_fail_alone() {
         ))
         .await
         .unwrap();
+    let users = store.count_users(&UserFilter::default()).await.unwrap();
     let indexed = conn
         .fetch_count(Statement::unbound(
             "SELECT count(*) FROM users_search_terms",
         ))
         .await
         .unwrap();
-    assert_eq!((strays, indexed), (0, 8));
+    assert_eq!((strays, indexed), (0, i64::try_from(users).unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

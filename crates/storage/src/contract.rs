@@ -130,6 +130,132 @@ pub async fn until(what: &str, done: impl Fn() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// Group commit, as every backend with a queue of inserts must keep it
+/// (see [`crate::group_commit`]): four groups of inserts, each waiting for
+/// one turn together, succeed and fail one by one as each insert would
+/// alone. `queue(tag, records)` makes `records` wait together, in order,
+/// behind `blockers` inserts of its own (named after `tag`) that take
+/// every turn first, and returns each record's outcome: the field of its
+/// conflict, `None` when it was inserted.
+pub async fn waiting_groups_succeed_and_fail_alone<S>(
+    store: &S,
+    blockers: u64,
+    queue: impl AsyncFn(&str, &[UserRecord]) -> Vec<Option<String>>,
+) where
+    S: UserStore + crate::exec::SqlDatabase,
+{
+    let user = |email: &str, username: &str, offset| new_record(email, true, username, offset);
+    let stats = || store.group_commit().unwrap().stats();
+    store
+        .insert_user(&user("taken@example.com", "taken", 0))
+        .await
+        .unwrap();
+    let loose = new_record("loose@example.com", false, "loose", 1);
+    store.insert_user(&loose).await.unwrap();
+    let mut expected = crate::group_commit::GroupCommitStats {
+        transactions: 2,
+        inserts: 2,
+        alone: 0,
+    };
+    assert_eq!(stats(), expected);
+    // The blockers, then one group, of which `alone` ran alone.
+    let mut grouped = |records: usize, alone: u64| {
+        expected.transactions += blockers + 1;
+        expected.inserts += blockers + records as u64;
+        expected.alone += alone;
+        expected
+    };
+    let conflict = |f: &str| Some(f.to_owned());
+
+    // Nothing stands in the way: they go in at once.
+    let clean: Vec<UserRecord> = (0..5)
+        .map(|i| {
+            user(
+                &format!("clean{i}@example.com"),
+                &format!("clean{i}"),
+                10 + i,
+            )
+        })
+        .collect();
+    assert_eq!(queue("a", &clean).await, vec![None; 5]);
+    assert_eq!(stats(), grouped(5, 0));
+
+    // A username the store holds, and one an earlier insert of the group
+    // takes: the group is refused, and each insert runs alone.
+    let refused = [
+        user("alice@example.com", "alice", 20),
+        user("bob@example.com", "taken", 21),
+        user("erin@example.com", "erin", 22),
+        user("frank@example.com", "erin", 23),
+    ];
+    assert_eq!(
+        queue("b", &refused).await,
+        [None, conflict("username"), None, conflict("username")]
+    );
+    assert_eq!(stats(), grouped(4, 4));
+
+    // Other users hold the addresses: an unverified copy of a verified
+    // one, and a verified one. Nothing of the group is inserted; alone,
+    // one insert takes the address from its holder, the other is refused.
+    let held = [
+        user("judy@example.com", "judy", 30),
+        user("loose@example.com", "karl", 31),
+        user("taken@example.com", "grace", 32),
+    ];
+    assert_eq!(
+        queue("c", &held).await,
+        [None, None, conflict("email_address")]
+    );
+    assert_eq!(stats(), grouped(3, 3));
+    let loose_now = store.get_user(&loose.user.id).await.unwrap().unwrap();
+    assert!(loose_now.email_addresses.is_empty());
+
+    // Two inserts of one group name the same address: they settle it
+    // between them one after the other, the verified one keeping it.
+    let shared = [
+        new_record("shared@example.com", false, "heidi", 40),
+        user("shared@example.com", "ivan", 41),
+        user("mallory@example.com", "mallory", 42),
+    ];
+    assert_eq!(queue("d", &shared).await, [None, None, None]);
+    assert_eq!(stats(), grouped(3, 3));
+    let heidi = store.get_user(&shared[0].user.id).await.unwrap().unwrap();
+    assert!(heidi.email_addresses.is_empty());
+
+    // What was inserted is whole; what was refused left nothing behind.
+    let outcomes = clean
+        .iter()
+        .map(|r| (r, true))
+        .chain(refused.iter().zip([true, false, true, false]))
+        .chain(held.iter().zip([true, true, false]))
+        .chain(shared[1..].iter().map(|r| (r, true)));
+    for (record, kept) in outcomes {
+        let stored = store.get_user(&record.user.id).await.unwrap();
+        if kept {
+            assert_eq!(stored.as_ref(), Some(&record.user));
+        } else {
+            assert!(stored.is_none(), "{:?}", record.user.username);
+        }
+    }
+    // 2 + 5 + 2 + 2 + 3 from the groups, and the blockers.
+    assert_eq!(
+        store.count_users(&UserFilter::default()).await.unwrap(),
+        14 + 4 * blockers
+    );
+    for (query, users) in [
+        ("clean3@example", 1),
+        ("clean", 5),
+        ("erin", 1),
+        ("frank", 0),
+        ("taken", 1),
+        ("shared@", 1),
+        ("heidi", 1),
+        ("mallory@", 1),
+    ] {
+        assert_eq!(matching(store, query).await, users, "{query}");
+    }
+}
+
 async fn insert(store: &dyn UserStore, user: &User) {
     store
         .insert_user(&UserRecord::new(user.clone(), None))

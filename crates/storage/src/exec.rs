@@ -650,6 +650,79 @@ pub(crate) async fn insert_all_unless_held<D: SqlDatabase + ?Sized>(
     records: &[&UserRecord],
 ) -> Result<bool, StorageError> {
     let dialect = db.dialect();
+    let Some((tables, changes)) = group_rows(records, dialect, 0) else {
+        return Ok(false);
+    };
+    // New users' ids are in none of the tables yet: no holder is one of
+    // them, so none needs leaving out.
+    let Some(statement) = sql::insert_unless_held(tables, &changes, "", dialect) else {
+        return Ok(false);
+    };
+    let mut conn = db.connection().await?;
+    Ok(read_holders(conn.as_mut(), statement).await?.is_empty())
+}
+
+/// On SQLite, inside a write transaction: inserts new users, none of whom
+/// shares an email address or phone number with another, enters them in
+/// the search index, and reads who else holds their identifiers, all in
+/// one call to the connection (the statements in sequence in one string,
+/// in a savepoint named `savepoint`). `true` when nobody else holds one:
+/// the users are in, to be committed. Otherwise, and when the database
+/// refuses any row (a username taken) or the values are more than one
+/// call binds, nothing of it remains and `false` says so. `Err` when the
+/// transaction itself can go no further.
+pub(crate) async fn insert_and_index_unless_held(
+    conn: &mut dyn SqlConn,
+    records: &[&UserRecord],
+    savepoint: &str,
+) -> Result<bool, StorageError> {
+    let dialect = conn.dialect();
+    debug_assert_eq!(dialect, Dialect::Sqlite);
+    // The search index binds two values per user.
+    let Some((tables, changes)) = group_rows(records, dialect, 2 * records.len()) else {
+        return Ok(false);
+    };
+    let texts: Vec<(&str, String)> = records
+        .iter()
+        .map(|r| (r.user.id.as_str(), r.user.search_text()))
+        .collect();
+    let texts: Vec<(&str, &str)> = texts.iter().map(|(id, t)| (*id, t.as_str())).collect();
+    let statement = [
+        Some(Statement::unbound(&format!("SAVEPOINT {savepoint}"))),
+        Some(sql::insert_then_holders(tables, &[], "", dialect)),
+        sql::index_new_users(&texts, dialect),
+        // Read after the inserts, so each user holds its own.
+        sql::identifier_holders(&changes, "", dialect),
+    ]
+    .into_iter()
+    .flatten()
+    .reduce(sql::then)
+    .unwrap_or_else(|| Statement::unbound(""));
+    let others = |holders: &[Holder]| {
+        holders
+            .iter()
+            .any(|h| texts.iter().all(|(id, _)| *id != h.user_id))
+    };
+    match read_holders(conn, statement).await {
+        Ok(holders) if !others(&holders) => return Ok(true),
+        // Held by another user, or refused: each insert settles its own.
+        Ok(_) | Err(_) => {}
+    }
+    conn.execute(Statement::unbound(&format!(
+        "ROLLBACK TO {savepoint}; RELEASE {savepoint}"
+    )))
+    .await?;
+    Ok(false)
+}
+
+/// The rows of new users, each table's rows of all of them together, and
+/// their identifiers; `None` when they and `more` values would bind more
+/// than one statement can.
+fn group_rows(
+    records: &[&UserRecord],
+    dialect: Dialect,
+    more: usize,
+) -> Option<(Vec<TableRows<'static>>, Vec<IdentifierChange>)> {
     let mut tables: Vec<TableRows<'_>> = Vec::new();
     let mut changes = Vec::new();
     for record in records {
@@ -661,22 +734,14 @@ pub(crate) async fn insert_all_unless_held<D: SqlDatabase + ?Sized>(
             }
         }
     }
-    let binds: usize = changes.len()
+    let binds: usize = more
+        + changes.len()
         + tables
             .iter()
             .flat_map(|t| &t.rows)
             .map(Vec::len)
             .sum::<usize>();
-    if binds > MAX_BINDS {
-        return Ok(false);
-    }
-    // New users' ids are in none of the tables yet: no holder is one of
-    // them, so none needs leaving out.
-    let Some(statement) = sql::insert_unless_held(tables, &changes, "", dialect) else {
-        return Ok(false);
-    };
-    let mut conn = db.connection().await?;
-    Ok(read_holders(conn.as_mut(), statement).await?.is_empty())
+    (binds <= MAX_BINDS).then_some((tables, changes))
 }
 
 /// Most values bound in one statement: under SQLite's limit (32 766) and

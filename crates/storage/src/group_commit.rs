@@ -9,17 +9,25 @@
 //! next turn sends every insert waiting (up to [`MOST_PER_TRANSACTION`])
 //! at once:
 //!
-//! - SQLite (one turn at a time): one write transaction, each insert
-//!   inside a savepoint of its own, so that one refused insert (a username
-//!   taken, by the store or by an insert earlier in the same transaction)
+//! - SQLite (one turn at a time): one write transaction, and in it one
+//!   call to the writer's thread with every user's rows, their entries in
+//!   the search index and a read of who else holds their identifiers, in
+//!   a savepoint ([`crate::exec`]'s `insert_and_index_unless_held`). When
+//!   another user holds one, or a row is refused (a username taken), the
+//!   savepoint is rolled back, and each insert runs again inside a
+//!   savepoint of its own in the same transaction, so that one refused
+//!   insert (by the store or by an insert earlier in the transaction)
 //!   rolls back its own rows only, and is answered with its own error.
 //! - PostgreSQL (several turns at once, each on a connection of its own):
 //!   one statement inserting every user, which inserts nothing when
 //!   another user holds one of their email addresses or phone numbers
 //!   ([`crate::exec`]'s `insert_all_unless_held`). When it inserts nothing,
-//!   or is refused (a username taken), or two of its users share an
-//!   identifier, each insert runs again alone, as it would without a
+//!   or is refused, each insert runs again alone, as it would without a
 //!   queue, and gets its own answer.
+//!
+//! On both, two inserts of one group that name the same email address or
+//! phone number run one at a time from the start: one read of holders
+//! cannot settle an identifier between two of its own users.
 //!
 //! In both:
 //! - No caller is answered before the commit: a user reported created is
@@ -37,8 +45,8 @@ use tokio::sync::oneshot;
 
 use crate::StorageError;
 use crate::exec::{
-    SqlConn, SqlDatabase, index_new_users, insert_all_unless_held, insert_alone, insert_unindexed,
-    insert_user, unindexed,
+    SqlConn, SqlDatabase, SqlTransaction, index_new_users, insert_all_unless_held, insert_alone,
+    insert_and_index_unless_held, insert_unindexed, insert_user, unindexed,
 };
 use crate::sql::{Dialect, Statement};
 
@@ -78,8 +86,8 @@ pub struct GroupCommitStats {
     /// Inserts those groups took.
     pub inserts: u64,
     /// Inserts of groups of several that went to the database one at a
-    /// time after all (PostgreSQL): their group's statement inserted
-    /// nothing or was refused, or two of them named one identifier.
+    /// time after all: another user held an identifier of their group, a
+    /// row was refused, or two of them named one identifier.
     pub alone: u64,
 }
 
@@ -175,10 +183,7 @@ fn unanswered() -> StorageError {
 #[tracing::instrument(name = "store.insert_users_together", skip_all, fields(count = batch.len()))]
 async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
     match db.dialect() {
-        Dialect::Sqlite => {
-            commit_in_savepoints(db, batch).await;
-            0
-        }
+        Dialect::Sqlite => commit_in_one_transaction(db, batch).await,
         Dialect::Postgres => insert_in_one_statement(db, batch).await,
     }
 }
@@ -238,12 +243,55 @@ fn shares_identifier(batch: &[Waiting]) -> bool {
     })
 }
 
-/// SQLite: `batch` in one write transaction, each insert in a savepoint.
-async fn commit_in_savepoints<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) {
+/// The savepoint of a group's inserts on SQLite.
+const GROUP_SAVEPOINT: &str = "new_users";
+
+/// SQLite: `batch` in one write transaction: all of it in one call, or,
+/// when another user holds an identifier of its users, or a row is
+/// refused, or two of its inserts share an identifier, each insert in a
+/// savepoint of its own; returns how many ran alone, of a group of
+/// several.
+async fn commit_in_one_transaction<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
     let mut tx = match db.begin_write().await {
         Ok(tx) => tx,
-        Err(error) => return answer_all(batch, &error),
+        Err(error) => {
+            answer_all(batch, &error);
+            return 0;
+        }
     };
+    let batch: Vec<Waiting> = batch
+        .into_iter()
+        .filter(|w| !w.answer.is_closed())
+        .collect();
+    if batch.len() > 1 && !shares_identifier(&batch) {
+        let records: Vec<&UserRecord> = batch.iter().map(|w| &w.record).collect();
+        match insert_and_index_unless_held(tx.as_mut(), &records, GROUP_SAVEPOINT).await {
+            Ok(true) => {
+                match tx.commit().await {
+                    Ok(()) => batch.into_iter().for_each(|w| {
+                        let _ = w.answer.send(Ok(()));
+                    }),
+                    Err(error) => answer_all(batch, &error),
+                }
+                return 0;
+            }
+            // Held by another user, or refused: nothing of it remains,
+            // and each insert runs in a savepoint of its own below.
+            Ok(false) => {}
+            Err(error) => {
+                answer_all(batch, &error);
+                return 0;
+            }
+        }
+    }
+    let alone = if batch.len() > 1 { batch.len() } else { 0 };
+    insert_each_in_savepoints(tx, batch).await;
+    alone
+}
+
+/// SQLite: `batch` in the open write transaction `tx`, each insert in a
+/// savepoint of its own, then commits.
+async fn insert_each_in_savepoints(mut tx: Box<dyn SqlTransaction + '_>, batch: Vec<Waiting>) {
     let mut waiting = batch.into_iter();
     let mut done = Vec::with_capacity(waiting.len());
     let mut inserts = Inserts::default();

@@ -61,15 +61,23 @@ const GRAM_BITS: u32 = 20;
 /// 64-bit FNV-1a: stable across releases and platforms, as terms written
 /// into a database must be.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+    fnv1a_more(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// The FNV-1a hash of what `hash` hashed, then `bytes`.
+fn fnv1a_more(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-/// The FNV-1a hash of a run of characters, as UTF-8.
+/// The FNV-1a hash of a run of characters, as UTF-8: [`fnv1a`] of the
+/// run collected into a string, without the string.
 fn run_hash(run: &[char]) -> u64 {
-    let text: String = run.iter().collect();
-    fnv1a(text.as_bytes())
+    let mut buf = [0; 4];
+    run.iter().fold(fnv1a(&[]), |hash, c| {
+        fnv1a_more(hash, c.encode_utf8(&mut buf).as_bytes())
+    })
 }
 
 /// The index term of a run of characters on SQLite: `t` and six hex
@@ -329,6 +337,14 @@ impl SearchStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_hashes_as_its_text() {
+        for text in ["abc", "zoë@x", "+49151", "日本語テキスト"] {
+            let run: Vec<char> = text.chars().collect();
+            assert_eq!(run_hash(&run), fnv1a(text.as_bytes()), "{text}");
+        }
+    }
 
     #[test]
     fn trigrams_are_distinct_and_counted_in_characters() {

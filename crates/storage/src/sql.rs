@@ -490,6 +490,17 @@ fn push_rows(b: &mut Builder, rows: impl IntoIterator<Item = Vec<Bind>>) {
     }
 }
 
+/// `first`, then `next`, in one call: SQLite runs the statements of one
+/// string in sequence, binding values in order (its placeholders are
+/// not numbered).
+pub fn then(first: Statement, next: Statement) -> Statement {
+    let Statement { mut sql, mut binds } = first;
+    sql.push_str("; ");
+    sql.push_str(&next.sql);
+    binds.extend(next.binds);
+    Statement { sql, binds }
+}
+
 /// Rows for one table: its name, the columns, and each row's binds.
 #[derive(Clone, Debug)]
 pub struct TableRows<'a> {
