@@ -662,10 +662,10 @@ pub(crate) async fn insert_all_unless_held<D: SqlDatabase + ?Sized>(
     Ok(read_holders(conn.as_mut(), statement).await?.is_empty())
 }
 
-/// On SQLite, inside a write transaction: inserts new users, none of whom
-/// shares an email address or phone number with another, enters them in
-/// the search index, and reads who else holds their identifiers, all in
-/// one call to the connection (the statements in sequence in one string,
+/// On SQLite, inside a write transaction: reads who else holds the
+/// identifiers of new users, none of whom shares an email address or
+/// phone number with another, inserts them and enters them in the search
+/// index, all in one call to the connection (the statements in sequence in one string,
 /// in a savepoint named `savepoint`). `true` when nobody else holds one:
 /// the users are in, to be committed. Otherwise, and when the database
 /// refuses any row (a username taken) or the values are more than one
@@ -687,24 +687,21 @@ pub(crate) async fn insert_and_index_unless_held(
         .map(|r| (r.user.id.as_str(), r.user.search_text()))
         .collect();
     let texts: Vec<(&str, &str)> = texts.iter().map(|(id, t)| (*id, t.as_str())).collect();
+    // The holders are read before the inserts: none is one of the new
+    // users, and the common answer is no row at all (each row returned is
+    // one more hand-off between the connection's thread and this task).
     let statement = [
         Some(Statement::unbound(&format!("SAVEPOINT {savepoint}"))),
+        sql::identifier_holders(&changes, "", dialect),
         Some(sql::insert_then_holders(tables, &[], "", dialect)),
         sql::index_new_users(&texts, dialect),
-        // Read after the inserts, so each user holds its own.
-        sql::identifier_holders(&changes, "", dialect),
     ]
     .into_iter()
     .flatten()
     .reduce(sql::then)
     .unwrap_or_else(|| Statement::unbound(""));
-    let others = |holders: &[Holder]| {
-        holders
-            .iter()
-            .any(|h| texts.iter().all(|(id, _)| *id != h.user_id))
-    };
     match read_holders(conn, statement).await {
-        Ok(holders) if !others(&holders) => return Ok(true),
+        Ok(holders) if holders.is_empty() => return Ok(true),
         // Held by another user, or refused: each insert settles its own.
         Ok(_) | Err(_) => {}
     }
