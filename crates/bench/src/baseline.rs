@@ -10,8 +10,10 @@
 //!   ceiling for writes.
 //!
 //! They use the same database settings as Roster's stores (SQLite in WAL
-//! with `synchronous=NORMAL` and eight connections; PostgreSQL with
-//! sixteen; neither tests a pooled connection before handing it out).
+//! with `synchronous=NORMAL` and eight connections, not tested before
+//! they are handed out; PostgreSQL with sixteen, held as Roster holds
+//! those of its reads, [`roster_storage_postgres::ReadPool`], not tested
+//! when handed out or given back).
 //! Every other RPC is UNIMPLEMENTED.
 
 use std::str::FromStr as _;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use roster_proto::v1::user_service_server::{UserService, UserServiceServer};
 use roster_proto::v1::{self, User};
+use roster_storage_postgres::ReadPool;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Which baseline.
@@ -34,7 +37,7 @@ pub enum Kind {
 enum Pool {
     None,
     Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+    Postgres(std::sync::Arc<ReadPool>),
 }
 
 /// Rows of the SELECT baseline's table are `b0`, `b1`, ….
@@ -60,13 +63,12 @@ async fn open(url: &str) -> anyhow::Result<Pool> {
         sqlx::query(SCHEMA).execute(&pool).await?;
         Ok(Pool::Sqlite(pool))
     } else {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(16)
-            .test_before_acquire(false)
-            .connect(url)
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = ReadPool::new(16, options, Duration::from_secs(5));
+        sqlx::query(SCHEMA)
+            .execute(&mut *pool.acquire().await?)
             .await?;
-        sqlx::query(SCHEMA).execute(&pool).await?;
-        Ok(Pool::Postgres(pool))
+        Ok(Pool::Postgres(std::sync::Arc::new(pool)))
     }
 }
 
@@ -87,7 +89,9 @@ async fn fill(pool: &Pool, rows: usize) -> anyhow::Result<()> {
                 sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *p.acquire().await?)
+                    .await?;
             }
             Pool::None => {}
         }
@@ -117,7 +121,17 @@ impl Baseline {
         let sql = "SELECT id, first_name, email, created_at FROM bench_users WHERE id = $1";
         match &self.pool {
             Pool::Sqlite(p) => sqlx::query_as(sql).bind(id).fetch_optional(p).await,
-            Pool::Postgres(p) => sqlx::query_as(sql).bind(id).fetch_optional(p).await,
+            Pool::Postgres(p) => {
+                let mut conn = p.acquire().await?;
+                let row = sqlx::query_as(sql)
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await;
+                if let Err(e) = &row {
+                    conn.failed(e);
+                }
+                row
+            }
             Pool::None => Ok(None),
         }
     }
@@ -139,13 +153,19 @@ impl Baseline {
                 .execute(p)
                 .await
                 .map(drop),
-            Pool::Postgres(p) => sqlx::query(sql)
-                .bind(id)
-                .bind(email)
-                .bind(now)
-                .execute(p)
-                .await
-                .map(drop),
+            Pool::Postgres(p) => {
+                let mut conn = p.acquire().await?;
+                let done = sqlx::query(sql)
+                    .bind(id)
+                    .bind(email)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await;
+                if let Err(e) = &done {
+                    conn.failed(e);
+                }
+                done.map(drop)
+            }
             Pool::None => Ok(()),
         }
     }

@@ -32,15 +32,23 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 /// acquisition.
 const PING_IDLE_AFTER: Duration = Duration::from_mins(1);
 
+mod reads;
+
+pub use reads::{ReadConn, ReadPool};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
+    /// Connections for write transactions.
     pool: PgPool,
+    /// Connections for single statements outside a transaction: reads,
+    /// and inserts of new users that need none (see [`reads`]).
+    reads: std::sync::Arc<ReadPool>,
     /// Connections for searches through the index of search keys, which
     /// keep one plan per statement (see [`search_connections`]).
-    searches: PgPool,
+    searches: std::sync::Arc<ReadPool>,
     acquire_times: std::sync::Arc<roster_storage::AcquireTimes>,
     search_stats: std::sync::Arc<roster_storage::search::SearchStats>,
     /// The connection of the search index's background merge.
@@ -55,7 +63,10 @@ pub struct PostgresStore {
 /// Pool settings.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolConfig {
-    /// Most connections this replica opens.
+    /// Most connections this replica opens for reads and writes: half for
+    /// write transactions, the rest for single statements ([`ReadPool`]),
+    /// at least one each; searches open half as many again
+    /// ([`search_connections`]).
     pub max_connections: u32,
     /// How long a call waits for a free connection before failing with
     /// UNAVAILABLE instead of hanging.
@@ -167,7 +178,30 @@ fn user_row(row: &PgRow) -> Result<UserRow, sqlx::Error> {
 /// A PostgreSQL connection or transaction, as [`SqlConn`].
 struct Conn<C>(C);
 
-impl<C: DerefMut<Target = PgConnection> + Send> Conn<C> {
+/// What holds a connection, told when a statement on it fails.
+trait Held: DerefMut<Target = PgConnection> + Send {
+    fn failed(&mut self, _error: &sqlx::Error) {}
+}
+
+/// sqlx's pool tests a connection given back to it.
+impl Held for sqlx::pool::PoolConnection<sqlx::Postgres> {}
+
+/// A transaction's connection goes back to sqlx's pool.
+impl Held for sqlx::Transaction<'static, sqlx::Postgres> {}
+
+impl Held for ReadConn<'_> {
+    fn failed(&mut self, error: &sqlx::Error) {
+        ReadConn::failed(self, error);
+    }
+}
+
+impl<C: Held> Conn<C> {
+    /// `error`, noted on the connection, as a [`StorageError`].
+    fn failed(&mut self, error: sqlx::Error) -> StorageError {
+        self.0.failed(&error);
+        map_error(error)
+    }
+
     async fn fetch<T>(
         &mut self,
         statement: Statement,
@@ -175,8 +209,8 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn<C> {
     ) -> Result<Vec<T>, StorageError> {
         let rows = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .fetch_all(&mut *self.0)
-            .await
-            .map_err(map_error)?;
+            .await;
+        let rows = rows.map_err(|e| self.failed(e))?;
         rows.iter()
             .map(decode)
             .collect::<Result<_, _>>()
@@ -185,7 +219,7 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn<C> {
 }
 
 #[async_trait]
-impl<C: DerefMut<Target = PgConnection> + Send> SqlConn for Conn<C> {
+impl<C: Held> SqlConn for Conn<C> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
@@ -193,9 +227,8 @@ impl<C: DerefMut<Target = PgConnection> + Send> SqlConn for Conn<C> {
     async fn execute(&mut self, statement: Statement) -> Result<u64, StorageError> {
         let result = sqlx::query_with(AssertSqlSafe(statement.sql), arguments(statement.binds))
             .execute(&mut *self.0)
-            .await
-            .map_err(map_error)?;
-        Ok(result.rows_affected())
+            .await;
+        Ok(result.map_err(|e| self.failed(e))?.rows_affected())
     }
 
     async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<StoredUser>, StorageError> {
@@ -261,14 +294,24 @@ impl PostgresStore {
                 })
         };
         let options = url.parse::<PgConnectOptions>().map_err(map_error)?;
-        let pool = pool_options(config.max_connections)
+        let pool = pool_options(write_connections(config.max_connections))
             .connect_with(options.clone())
             .await
             .map_err(map_error)?;
-        let searches = pool_options(search_connections(config.max_connections)).connect_lazy_with(
+        let reads = ReadPool::new(
+            config
+                .max_connections
+                .saturating_sub(write_connections(config.max_connections))
+                .max(1),
+            options.clone(),
+            config.acquire_timeout,
+        );
+        let searches = ReadPool::new(
+            search_connections(config.max_connections),
             options
                 .clone()
                 .options([("plan_cache_mode", "force_generic_plan")]),
+            config.acquire_timeout,
         );
         // A merge takes as long as the pending list takes to merge, which
         // under steady writes is seconds: not a slow statement to warn of.
@@ -281,7 +324,8 @@ impl PostgresStore {
         merge_pending_in_background(merges.clone(), std::sync::Arc::downgrade(&open));
         Ok(Self {
             pool,
-            searches,
+            reads: std::sync::Arc::new(reads),
+            searches: std::sync::Arc::new(searches),
             merges,
             group_commit: std::sync::Arc::new(GroupCommit::new(INSERT_TURNS)),
             acquire_times: std::sync::Arc::default(),
@@ -309,12 +353,12 @@ impl PostgresStore {
     }
 
     /// A connection of `pool`, timed as every acquisition is.
-    async fn acquire(&self, pool: &PgPool) -> Result<Box<dyn SqlConn + '_>, StorageError> {
+    async fn read_connection<'a>(
+        pool: &'a ReadPool,
+        times: &roster_storage::AcquireTimes,
+    ) -> Result<Box<dyn SqlConn + 'a>, StorageError> {
         Ok(Box::new(Conn(
-            self.acquire_times
-                .time(pool.acquire())
-                .await
-                .map_err(map_error)?,
+            times.time(pool.acquire()).await.map_err(map_error)?,
         )))
     }
 
@@ -322,13 +366,20 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.merges.close().await;
         self.searches.close().await;
+        self.reads.close().await;
         self.pool.close().await;
     }
 }
 
+/// Of `max_connections`, those for write transactions (the rest are for
+/// single statements, [`ReadPool`]).
+fn write_connections(max_connections: u32) -> u32 {
+    (max_connections / 2).max(1)
+}
+
 /// The connections a store opens for searches through the index of
 /// search keys, beside `max_connections` for everything else: half as
-/// many, at least one.
+/// many, at least one. Held as reads are ([`ReadPool`]).
 ///
 /// PostgreSQL plans a prepared statement again on every run when the
 /// plan it would keep looks costlier than the ones made for the bound
@@ -415,11 +466,11 @@ impl SqlDatabase for PostgresStore {
     }
 
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
-        self.acquire(&self.pool).await
+        Self::read_connection(&self.reads, &self.acquire_times).await
     }
 
     async fn search_connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
-        self.acquire(&self.searches).await
+        Self::read_connection(&self.searches, &self.acquire_times).await
     }
 
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
@@ -440,11 +491,12 @@ impl SqlDatabase for PostgresStore {
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {
+        let (reads, idle_reads) = self.reads.sizes();
+        let (searches, idle_searches) = self.searches.sizes();
         self.acquire_times.stats(
-            self.pool.size() + self.searches.size(),
-            self.pool.num_idle() + self.searches.num_idle(),
-            self.pool.options().get_max_connections()
-                + self.searches.options().get_max_connections(),
+            self.pool.size() + reads + searches,
+            self.pool.num_idle() + idle_reads + idle_searches,
+            self.pool.options().get_max_connections() + self.reads.most() + self.searches.most(),
         )
     }
 }
