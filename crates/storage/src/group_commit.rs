@@ -182,27 +182,44 @@ fn unanswered() -> StorageError {
 /// how many ran again alone.
 #[tracing::instrument(name = "store.insert_users_together", skip_all, fields(count = batch.len()))]
 async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
-    match db.dialect() {
-        Dialect::Sqlite => commit_in_one_transaction(db, batch).await,
-        Dialect::Postgres => insert_in_one_statement(db, batch).await,
-    }
-}
-
-/// PostgreSQL: `batch` in one statement, or, when that inserts nothing
-/// or is refused, each insert alone; returns how many ran alone, of a
-/// group of several.
-async fn insert_in_one_statement<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
+    // A caller that went away before its turn needs no insert.
     let batch: Vec<Waiting> = batch
         .into_iter()
         .filter(|w| !w.answer.is_closed())
         .collect();
-    if batch.len() > 1 && !shares_identifier(&batch) {
-        let records: Vec<&UserRecord> = batch.iter().map(|w| &w.record).collect();
-        match insert_all_unless_held(db, &records).await {
+    // Two inserts naming one identifier settle it one after the other.
+    let together = batch.len() > 1 && !shares_identifier(&batch);
+    match db.dialect() {
+        Dialect::Sqlite => commit_in_one_transaction(db, batch, together).await,
+        Dialect::Postgres => insert_in_one_statement(db, batch, together).await,
+    }
+}
+
+/// The records of `batch`.
+fn records(batch: &[Waiting]) -> Vec<&UserRecord> {
+    batch.iter().map(|w| &w.record).collect()
+}
+
+/// Answers every insert of `batch`: inserted.
+fn answer_inserted(batch: Vec<Waiting>) {
+    for waiting in batch {
+        // A caller that went away needs no answer.
+        let _ = waiting.answer.send(Ok(()));
+    }
+}
+
+/// PostgreSQL: `batch` in one statement when it may go `together`, or,
+/// when that inserts nothing or is refused, each insert alone; returns
+/// how many ran alone, of a group of several.
+async fn insert_in_one_statement<D: SqlDatabase>(
+    db: &D,
+    batch: Vec<Waiting>,
+    together: bool,
+) -> usize {
+    if together {
+        match insert_all_unless_held(db, &records(&batch)).await {
             Ok(true) => {
-                for waiting in batch {
-                    let _ = waiting.answer.send(Ok(()));
-                }
+                answer_inserted(batch);
                 return 0;
             }
             // Another user holds an identifier, or one insert was
@@ -246,12 +263,15 @@ fn shares_identifier(batch: &[Waiting]) -> bool {
 /// The savepoint of a group's inserts on SQLite.
 const GROUP_SAVEPOINT: &str = "new_users";
 
-/// SQLite: `batch` in one write transaction: all of it in one call, or,
-/// when another user holds an identifier of its users, or a row is
-/// refused, or two of its inserts share an identifier, each insert in a
-/// savepoint of its own; returns how many ran alone, of a group of
-/// several.
-async fn commit_in_one_transaction<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
+/// SQLite: `batch` in one write transaction: all of it in one call when
+/// it may go `together`, or, when another user holds an identifier of
+/// its users or a row is refused, each insert in a savepoint of its own;
+/// returns how many ran alone, of a group of several.
+async fn commit_in_one_transaction<D: SqlDatabase>(
+    db: &D,
+    batch: Vec<Waiting>,
+    together: bool,
+) -> usize {
     let mut tx = match db.begin_write().await {
         Ok(tx) => tx,
         Err(error) => {
@@ -259,18 +279,11 @@ async fn commit_in_one_transaction<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) 
             return 0;
         }
     };
-    let batch: Vec<Waiting> = batch
-        .into_iter()
-        .filter(|w| !w.answer.is_closed())
-        .collect();
-    if batch.len() > 1 && !shares_identifier(&batch) {
-        let records: Vec<&UserRecord> = batch.iter().map(|w| &w.record).collect();
-        match insert_and_index_unless_held(tx.as_mut(), &records, GROUP_SAVEPOINT).await {
+    if together {
+        match insert_and_index_unless_held(tx.as_mut(), &records(&batch), GROUP_SAVEPOINT).await {
             Ok(true) => {
                 match tx.commit().await {
-                    Ok(()) => batch.into_iter().for_each(|w| {
-                        let _ = w.answer.send(Ok(()));
-                    }),
+                    Ok(()) => answer_inserted(batch),
                     Err(error) => answer_all(batch, &error),
                 }
                 return 0;
