@@ -665,12 +665,12 @@ pub(crate) async fn insert_all_unless_held<D: SqlDatabase + ?Sized>(
 /// On SQLite, inside a write transaction: reads who else holds the
 /// identifiers of new users, none of whom shares an email address or
 /// phone number with another, inserts them and enters them in the search
-/// index, all in one call to the connection (the statements in sequence in one string,
-/// in a savepoint named `savepoint`). `true` when nobody else holds one:
-/// the users are in, to be committed. Otherwise, and when the database
-/// refuses any row (a username taken) or the values are more than one
-/// call binds, nothing of it remains and `false` says so. `Err` when the
-/// transaction itself can go no further.
+/// index, all in one call to the connection (the statements in sequence
+/// in one string, in a savepoint named `savepoint`). `true` when nobody
+/// else holds one: the users are in, to be committed. Otherwise, and
+/// when the database refuses any row (a username taken) or the values
+/// are more than one call binds, nothing of it remains and `false` says
+/// so. `Err` when the transaction itself can go no further.
 pub(crate) async fn insert_and_index_unless_held(
     conn: &mut dyn SqlConn,
     records: &[&UserRecord],

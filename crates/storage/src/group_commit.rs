@@ -25,9 +25,9 @@
 //!   or is refused, each insert runs again alone, as it would without a
 //!   queue, and gets its own answer.
 //!
-//! On both, two inserts of one group that name the same email address or
-//! phone number run one at a time from the start: one read of holders
-//! cannot settle an identifier between two of its own users.
+//! On both backends, two inserts of one group that name the same email
+//! address or phone number run one at a time from the start: one read of
+//! holders cannot settle an identifier between two of its own users.
 //!
 //! In both:
 //! - No caller is answered before the commit: a user reported created is
