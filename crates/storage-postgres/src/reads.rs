@@ -6,9 +6,11 @@
 //! holds no transaction and no lock, so a connection given back here is
 //! idle at once, and sqlx waits for anything a cancelled read left unread
 //! before its next statement on that connection. A connection that failed
-//! (an I/O or protocol error) is closed instead of kept, and one idle for
+//! (an I/O or protocol error) is closed instead of kept, one idle for
 //! over [`PING_IDLE_AFTER`] is tested before it is handed out, as the
-//! pool's are.
+//! pool's are, and one open for [`MAX_LIFETIME`] is closed when given
+//! back, as sqlx's pool does by default, so that a server-side session
+//! does not grow for ever.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, PoisonError};
@@ -20,12 +22,18 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::PING_IDLE_AFTER;
 
+/// How long a connection is kept: sqlx's pool's default.
+pub const MAX_LIFETIME: Duration = Duration::from_mins(30);
+
+/// An idle connection: since when it is idle, and when it was opened.
+type Idle = (PgConnection, Instant, Instant);
+
 /// Up to a number of connections, opened as needed, handed out one
 /// caller at a time, in the order callers asked. Public for the
 /// benchmark's baselines, which read and write as Roster does.
 #[derive(Debug)]
 pub struct ReadPool {
-    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
     permits: Semaphore,
     most: u32,
     options: PgConnectOptions,
@@ -35,6 +43,7 @@ pub struct ReadPool {
 /// A connection of a [`ReadPool`], given back when dropped.
 pub struct ReadConn<'a> {
     conn: Option<PgConnection>,
+    opened: Instant,
     pool: &'a ReadPool,
     /// Set when a statement on it failed in a way that may have left it
     /// unusable: it is closed, not given back.
@@ -43,6 +52,8 @@ pub struct ReadConn<'a> {
 }
 
 impl ReadPool {
+    /// Up to `most` connections made with `options`, opened as callers
+    /// ask; a caller waits up to `acquire_timeout` for one.
     pub fn new(most: u32, options: PgConnectOptions, acquire_timeout: Duration) -> Self {
         Self {
             idle: Mutex::default(),
@@ -53,7 +64,7 @@ impl ReadPool {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(PgConnection, Instant)>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // Only pushed to and popped from: a panic elsewhere cannot leave
         // it half changed.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
@@ -70,17 +81,18 @@ impl ReadPool {
                 .map_err(|_| sqlx::Error::PoolClosed)?;
             loop {
                 let popped = self.idle().pop();
-                let conn = match popped {
-                    Some((mut conn, since)) => {
+                let (conn, opened) = match popped {
+                    Some((mut conn, since, opened)) => {
                         if since.elapsed() > PING_IDLE_AFTER && conn.ping().await.is_err() {
                             continue;
                         }
-                        conn
+                        (conn, opened)
                     }
-                    None => self.options.connect().await?,
+                    None => (self.options.connect().await?, Instant::now()),
                 };
                 return Ok(ReadConn {
                     conn: Some(conn),
+                    opened,
                     pool: self,
                     failed: false,
                     _permit: permit,
@@ -98,15 +110,17 @@ impl ReadPool {
         (u32::try_from(idle).unwrap_or(u32::MAX) + busy, idle)
     }
 
+    /// Most connections it opens.
     pub fn most(&self) -> u32 {
         self.most
     }
 
-    /// Closes the idle connections and hands out no more.
+    /// Closes the idle connections and hands out no more; those in use
+    /// are closed when given back.
     pub async fn close(&self) {
         self.permits.close();
         let idle = std::mem::take(&mut *self.idle());
-        for (conn, _) in idle {
+        for (conn, ..) in idle {
             let _ = conn.close().await;
         }
     }
@@ -162,9 +176,10 @@ impl Drop for ReadConn<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
             && !self.failed
+            && self.opened.elapsed() < MAX_LIFETIME
             && !self.pool.permits.is_closed()
         {
-            self.pool.idle().push((conn, Instant::now()));
+            self.pool.idle().push((conn, Instant::now(), self.opened));
         }
     }
 }
