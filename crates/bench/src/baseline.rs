@@ -7,13 +7,20 @@
 //! - `select`: answers GetUser with one primary-key `SELECT` of a narrow
 //!   row, the storage ceiling for reads;
 //! - `insert`: answers CreateUser with one single-row `INSERT`, the storage
-//!   ceiling for writes.
+//!   ceiling for writes;
+//! - `select_pool`: `select` through one of sqlx's pools as it comes,
+//!   which tests each connection given back with a round trip (a hop to
+//!   the connection's thread on SQLite): what a minimal tonic and sqlx
+//!   server costs, besides the ceiling.
 //!
-//! They use the same database settings as Roster's stores (SQLite in WAL
-//! with `synchronous=NORMAL` and eight connections, not tested before
-//! they are handed out; PostgreSQL with sixteen, held as Roster holds
-//! those of its reads, [`roster_storage_postgres::ReadPool`], not tested
-//! when handed out or given back).
+//! They use the same database settings as Roster's stores and read as
+//! Roster reads by key: SQLite in WAL with `synchronous=NORMAL`, its
+//! SELECT on the calling thread as Roster's
+//! ([`roster_storage_sqlite::Readers`]), its INSERT on one of eight sqlx
+//! connections, not tested before they are handed out; PostgreSQL with
+//! sixteen connections, held as Roster holds those of its reads
+//! ([`roster_storage_postgres::ReadPool`]), not tested when handed out or
+//! given back.
 //! Every other RPC is UNIMPLEMENTED.
 
 use std::str::FromStr as _;
@@ -22,7 +29,9 @@ use std::time::Duration;
 
 use roster_proto::v1::user_service_server::{UserService, UserServiceServer};
 use roster_proto::v1::{self, User};
+use roster_storage::sql::{Bind, Statement};
 use roster_storage_postgres::ReadPool;
+use roster_storage_sqlite::Readers;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Which baseline.
@@ -31,13 +40,16 @@ pub enum Kind {
     Noop,
     Select,
     Insert,
+    SelectPool,
 }
 
 #[derive(Clone, Debug)]
 enum Pool {
     None,
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlx::SqlitePool, Option<std::sync::Arc<Readers>>),
     Postgres(std::sync::Arc<ReadPool>),
+    /// sqlx's own pool, for `select_pool` on PostgreSQL.
+    PostgresSqlx(sqlx::PgPool),
 }
 
 /// Rows of the SELECT baseline's table are `b0`, `b1`, ….
@@ -48,7 +60,7 @@ pub fn row_id(i: usize) -> String {
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench_users (\
      id TEXT PRIMARY KEY, first_name TEXT NOT NULL, email TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL)";
 
-async fn open(url: &str) -> anyhow::Result<Pool> {
+async fn open(url: &str, kind: Kind) -> anyhow::Result<Pool> {
     if url.starts_with("sqlite:") {
         let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -58,10 +70,20 @@ async fn open(url: &str) -> anyhow::Result<Pool> {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::query(SCHEMA).execute(&pool).await?;
-        Ok(Pool::Sqlite(pool))
+        let readers = Readers::of(options.get_filename(), Duration::from_secs(10))
+            .filter(|_| kind != Kind::SelectPool);
+        Ok(Pool::Sqlite(pool, readers.map(std::sync::Arc::new)))
+    } else if kind == Kind::SelectPool {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .test_before_acquire(false)
+            .connect(url)
+            .await?;
+        sqlx::query(SCHEMA).execute(&pool).await?;
+        Ok(Pool::PostgresSqlx(pool))
     } else {
         let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
         let pool = ReadPool::new(16, options, Duration::from_secs(5));
@@ -85,13 +107,16 @@ async fn fill(pool: &Pool, rows: usize) -> anyhow::Result<()> {
             values.join(", ")
         );
         match pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await?;
             }
             Pool::Postgres(p) => {
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .execute(&mut *p.acquire().await?)
                     .await?;
+            }
+            Pool::PostgresSqlx(p) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await?;
             }
             Pool::None => {}
         }
@@ -116,13 +141,32 @@ fn unavailable(e: &sqlx::Error) -> Status {
     Status::unavailable(e.to_string())
 }
 
+/// A row of the SELECT baseline's table.
+type Row = (String, String, String, i64);
+
 impl Baseline {
-    async fn select(&self, id: &str) -> Result<Option<(String, String, String, i64)>, sqlx::Error> {
+    async fn select(&self, id: &str) -> Result<Option<Row>, Status> {
         let sql = "SELECT id, first_name, email, created_at FROM bench_users WHERE id = $1";
         match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_as(sql).bind(id).fetch_optional(p).await,
+            Pool::Sqlite(_, Some(readers)) => {
+                let statement = Statement {
+                    sql: sql.replace("$1", "?"),
+                    binds: vec![Bind::Text(id.to_owned())],
+                };
+                let rows = readers
+                    .fetch(statement, |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                Ok(rows.into_iter().next())
+            }
+            Pool::Sqlite(p, None) => sqlx::query_as(sql)
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(|e| unavailable(&e)),
             Pool::Postgres(p) => {
-                let mut conn = p.acquire().await?;
+                let mut conn = p.acquire().await.map_err(|e| unavailable(&e))?;
                 let row = sqlx::query_as(sql)
                     .bind(id)
                     .fetch_optional(&mut *conn)
@@ -130,8 +174,13 @@ impl Baseline {
                 if let Err(e) = &row {
                     conn.failed(e);
                 }
-                row
+                row.map_err(|e| unavailable(&e))
             }
+            Pool::PostgresSqlx(p) => sqlx::query_as(sql)
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(|e| unavailable(&e)),
             Pool::None => Ok(None),
         }
     }
@@ -146,7 +195,7 @@ impl Baseline {
         )
         .unwrap_or(0);
         match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(sql)
+            Pool::Sqlite(p, _) => sqlx::query(sql)
                 .bind(id)
                 .bind(email)
                 .bind(now)
@@ -166,7 +215,7 @@ impl Baseline {
                 }
                 done.map(drop)
             }
-            Pool::None => Ok(()),
+            Pool::PostgresSqlx(_) | Pool::None => Ok(()),
         }
     }
 }
@@ -180,11 +229,10 @@ impl UserService for Baseline {
                 id,
                 ..User::default()
             },
-            Kind::Select => {
+            Kind::Select | Kind::SelectPool => {
                 let (id, first_name, _email, _created) = self
                     .select(&id)
-                    .await
-                    .map_err(|e| unavailable(&e))?
+                    .await?
                     .ok_or_else(|| Status::not_found("no such row"))?;
                 User {
                     id,
@@ -303,10 +351,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = match (kind, database_url) {
         (Kind::Noop, _) => Pool::None,
-        (_, Some(url)) => open(url).await?,
+        (_, Some(url)) => open(url, kind).await?,
         (_, None) => anyhow::bail!("the {kind:?} baseline needs --database-url"),
     };
-    if kind == Kind::Select {
+    if matches!(kind, Kind::Select | Kind::SelectPool) {
         fill(&pool, rows).await?;
     }
     let service = Baseline {

@@ -69,7 +69,7 @@ pub struct Settings {
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub backend: Option<Backend>,
-    /// `roster`, or the baseline: `noop`, `select`, `insert`.
+    /// `roster`, or the baseline: `noop`, `select`, `select_pool`, `insert`.
     pub server: &'static str,
     /// What the row measured, beyond the scenario (`half_peak`).
     pub variant: Option<&'static str>,
@@ -205,6 +205,13 @@ fn spawn_roster(
     Ok(Server { child, addr })
 }
 
+/// How `roster-bench baseline --kind` names `kind`.
+fn kind_arg(kind: Kind) -> String {
+    use clap::ValueEnum as _;
+    kind.to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
+}
+
 fn spawn_baseline(kind: Kind, database_url: Option<&str>, rows: usize) -> anyhow::Result<Server> {
     let addr = free_addr()?;
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
@@ -217,7 +224,7 @@ fn spawn_baseline(kind: Kind, database_url: Option<&str>, rows: usize) -> anyhow
             &rows.to_string(),
         ])
         .arg("--kind")
-        .arg(format!("{kind:?}").to_lowercase())
+        .arg(kind_arg(kind))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     if let Some(url) = database_url {
@@ -519,9 +526,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         let writes = scenarios.iter().any(|s| s.writes());
         for (kind, name, scenario) in [
             (Kind::Select, "select", Scenario::GetUser),
+            (Kind::SelectPool, "select_pool", Scenario::GetUser),
             (Kind::Insert, "insert", Scenario::CreateUser),
         ] {
-            if (kind == Kind::Select && !reads) || (kind == Kind::Insert && !writes) {
+            if (kind == Kind::Insert && !writes) || (kind != Kind::Insert && !reads) {
                 continue;
             }
             eprintln!("{backend:?}: baseline {name}");
@@ -625,4 +633,18 @@ pub fn markdown(results: &Results) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, kind_arg};
+    use clap::ValueEnum as _;
+
+    #[test]
+    fn every_baseline_is_named_as_its_command_line_takes_it() {
+        for kind in Kind::value_variants() {
+            assert_eq!(Kind::from_str(&kind_arg(*kind), false), Ok(*kind));
+        }
+        assert_eq!(kind_arg(Kind::SelectPool), "select-pool");
+    }
 }

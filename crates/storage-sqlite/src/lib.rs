@@ -7,7 +7,8 @@
 //! lock. This crate opens connections and transactions, binds values,
 //! decodes rows and maps errors ([`SqlDatabase`], [`SqlConn`]); the
 //! `UserStore` itself, and its SQL, are `roster_storage`'s, shared with the
-//! PostgreSQL store.
+//! PostgreSQL store. Reads by key run on the calling thread, on read-only
+//! connections of [`reads`]; the rest goes through sqlx.
 
 use std::ops::DerefMut;
 use std::str::FromStr;
@@ -29,13 +30,21 @@ use sqlx::sqlite::{
 // values always travel as bind parameters.
 use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 
+mod reads;
+
+pub use reads::Readers;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    /// Connections for reads.
+    /// Connections for reads that may visit many rows, and for writes
+    /// outside a transaction.
     pool: SqlitePool,
+    /// Reads by key, run on the calling thread (see [`reads`]); `None`
+    /// for an in-memory database, whose reads all go to `pool`.
+    readers: Option<std::sync::Arc<Readers>>,
     /// The connection that copies the write-ahead log back into the
     /// database file (see [`checkpoint_in_background`]).
     checkpoints: SqlitePool,
@@ -216,13 +225,58 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> SqlConn for Conn<C> {
     }
 
     async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {
-        let counts = self
-            .fetch(statement, |row| row.try_get::<i64, _>(0))
-            .await?;
-        counts
-            .first()
-            .copied()
-            .ok_or_else(|| StorageError::internal("count returned no row"))
+        first_count(
+            &self
+                .fetch(statement, |row| row.try_get::<i64, _>(0))
+                .await?,
+        )
+    }
+}
+
+/// The one row of a `SELECT count(*)`.
+fn first_count(counts: &[i64]) -> Result<i64, StorageError> {
+    counts
+        .first()
+        .copied()
+        .ok_or_else(|| StorageError::internal("count returned no row"))
+}
+
+/// Reads by key on the calling thread ([`reads`]); a statement given to
+/// `execute`, which may write, goes to a connection of sqlx's pool.
+struct KeyReads<'a> {
+    store: &'a SqliteStore,
+    readers: &'a Readers,
+}
+
+#[async_trait]
+impl SqlConn for KeyReads<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn execute(&mut self, statement: Statement) -> Result<u64, StorageError> {
+        self.store.pooled().await?.execute(statement).await
+    }
+
+    async fn fetch_users(&mut self, statement: Statement) -> Result<Vec<StoredUser>, StorageError> {
+        self.readers.fetch(statement, reads::stored_user)
+    }
+
+    async fn fetch_texts(&mut self, statement: Statement) -> Result<Vec<String>, StorageError> {
+        self.readers.fetch(statement, |row| row.get(0))
+    }
+
+    async fn fetch_values(
+        &mut self,
+        statement: Statement,
+        types: &[ColumnType],
+    ) -> Result<Vec<Vec<Value>>, StorageError> {
+        self.readers
+            .fetch(statement, |row| reads::values(row, types))
+    }
+
+    async fn fetch_count(&mut self, statement: Statement) -> Result<i64, StorageError> {
+        first_count(&self.readers.fetch(statement, |row| row.get(0))?)
     }
 }
 
@@ -246,7 +300,7 @@ impl SqliteStore {
             // commits from waiting on fsync.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool_options = |connections| {
             SqlitePoolOptions::new()
                 .max_connections(connections)
@@ -259,6 +313,8 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(map_error)?;
+        // The file exists now: the first connection created it.
+        let readers = Readers::of(options.get_filename(), BUSY_TIMEOUT).map(std::sync::Arc::new);
         let checkpoints = pool_options(1)
             .connect_with(options.clone())
             .await
@@ -298,6 +354,7 @@ impl SqliteStore {
         );
         Ok(Self {
             pool,
+            readers,
             writes,
             checkpoints,
             _open: open,
@@ -344,13 +401,31 @@ impl SqliteStore {
         tx.commit().await
     }
 
-    /// Closes the pools, waiting for connections in use.
+    /// Closes the pools, waiting for connections in use, and the idle
+    /// readers.
     pub async fn close(&self) {
         self.checkpoints.close().await;
         self.writes.close().await;
         self.pool.close().await;
+        if let Some(readers) = &self.readers {
+            readers.close();
+        }
+    }
+
+    /// A connection of sqlx's pool, on its own thread.
+    async fn pooled(&self) -> Result<Conn<sqlx::pool::PoolConnection<sqlx::Sqlite>>, StorageError> {
+        Ok(Conn(
+            self.acquire_times
+                .time(self.pool.acquire())
+                .await
+                .map_err(map_error)?,
+            None,
+        ))
     }
 }
+
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the write-ahead log is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -587,13 +662,17 @@ impl SqlDatabase for SqliteStore {
     }
 
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
-        Ok(Box::new(Conn(
-            self.acquire_times
-                .time(self.pool.acquire())
-                .await
-                .map_err(map_error)?,
-            None,
-        )))
+        Ok(match &self.readers {
+            Some(readers) => Box::new(KeyReads {
+                store: self,
+                readers,
+            }),
+            None => Box::new(self.pooled().await?),
+        })
+    }
+
+    async fn scan_connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
+        Ok(Box::new(self.pooled().await?))
     }
 
     async fn begin_write(&self) -> Result<Box<dyn SqlTransaction + '_>, StorageError> {
@@ -619,9 +698,13 @@ impl SqlDatabase for SqliteStore {
     }
 
     fn pool_stats(&self) -> roster_storage::PoolStats {
+        let readers = self
+            .readers
+            .as_ref()
+            .map_or(0, |r| u32::try_from(r.idle_count()).unwrap_or(u32::MAX));
         self.acquire_times.stats(
-            self.pool.size() + self.writes.size(),
-            self.pool.num_idle() + self.writes.num_idle(),
+            self.pool.size() + self.writes.size() + readers,
+            self.pool.num_idle() + self.writes.num_idle() + readers as usize,
             self.pool.options().get_max_connections() + self.writes.options().get_max_connections(),
         )
     }

@@ -57,14 +57,23 @@ pub trait SqlTransaction: SqlConn {
 pub trait SqlDatabase: Send + Sync + std::fmt::Debug {
     /// The placeholder syntax, and SQL, of this database.
     fn dialect(&self) -> Dialect;
-    /// A pooled connection, for reads.
+    /// A pooled connection, for reads by key (a user, a session, the
+    /// owner of an identifier) and single statements outside a
+    /// transaction. On SQLite its reads run on the calling thread.
     async fn connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError>;
+    /// A pooled connection for reads that may visit many rows: pages of
+    /// users, counts, the sample of search texts. On SQLite, one of sqlx's,
+    /// on a thread of its own, so a long scan does not hold up an async
+    /// worker.
+    async fn scan_connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
+        self.connection().await
+    }
     /// A pooled connection for a search through the index of search keys
     /// (a `query` filter the window did not answer): on PostgreSQL, one
     /// that keeps a single plan for each statement instead of planning it
     /// again on every run with the values bound.
     async fn search_connection(&self) -> Result<Box<dyn SqlConn + '_>, StorageError> {
-        self.connection().await
+        self.scan_connection().await
     }
     /// A write transaction. Reads of a user inside it with `lock` set keep
     /// other writers of that user out until it ends.
@@ -127,12 +136,12 @@ async fn list_users<D: SqlDatabase + ?Sized>(
     if let Some(text) = &query.filter.query {
         let sample = match db.search_stats().fresh() {
             Some(sample) => sample,
-            None => search_sample(db.connection().await?.as_mut(), db.search_stats()).await?,
+            None => search_sample(db.scan_connection().await?.as_mut(), db.search_stats()).await?,
         };
         let window = QUERY_WINDOW.max(query.limit.saturating_mul(10));
         if sample.may_hold(text, query.limit, window) {
             let users = db
-                .connection()
+                .scan_connection()
                 .await?
                 .fetch_users(sql::list_users_in_window(query, window, dialect))
                 .await?;
@@ -143,7 +152,7 @@ async fn list_users<D: SqlDatabase + ?Sized>(
         trigrams = sample.rarest(text);
     }
     let mut conn = if trigrams.is_empty() {
-        db.connection().await?
+        db.scan_connection().await?
     } else {
         db.search_connection().await?
     };
@@ -953,7 +962,7 @@ impl<D: SqlDatabase + Clone + 'static> UserStore for D {
 
     #[tracing::instrument(name = "store.count_users", skip_all)]
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, StorageError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.scan_connection().await?;
         let trigrams = search_trigrams(conn.as_mut(), self.search_stats(), filter).await?;
         let count = conn
             .fetch_count(sql::count_users(filter, &trigrams, conn.dialect()))

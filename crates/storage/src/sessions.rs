@@ -556,7 +556,7 @@ impl<D: SqlDatabase> SessionStore for D {
 
     #[tracing::instrument(name = "store.list_sessions", skip_all)]
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StorageError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.scan_connection().await?;
         let statement = list_statement(query, conn.dialect());
         conn.fetch_values(statement, &SESSION_TYPES)
             .await?
