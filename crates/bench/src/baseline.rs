@@ -150,7 +150,7 @@ impl Baseline {
         match &self.pool {
             Pool::Sqlite(_, Some(readers)) => {
                 let statement = Statement {
-                    sql: sql.replace("$1", "?"),
+                    sql: sql.to_owned(),
                     binds: vec![Bind::Text(id.to_owned())],
                 };
                 let rows = readers

@@ -113,15 +113,23 @@ fn arguments(binds: Vec<Bind>) -> SqliteArguments {
             Bind::Bool(v) => args.add(v),
             Bind::NullText => args.add(None::<String>),
             Bind::NullInt => args.add(None::<i64>),
-            // No SQLite column is an array; written as PostgreSQL's text
-            // form of one, should a statement ever bind one.
-            Bind::Ints(v) => args.add(format!(
-                "{{{}}}",
-                v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-            )),
+            Bind::Ints(v) => args.add(array_text(&v)),
         };
     }
     args
+}
+
+/// No SQLite column is an array; one bound all the same is written as
+/// PostgreSQL's text form of it.
+fn array_text(values: &[i32]) -> String {
+    format!(
+        "{{{}}}",
+        values
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 fn values(row: &SqliteRow, types: &[ColumnType]) -> Result<Vec<Value>, sqlx::Error> {

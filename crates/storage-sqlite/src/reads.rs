@@ -132,12 +132,7 @@ fn value(bind: Bind) -> SqlValue {
         Bind::Int(v) => SqlValue::Integer(v),
         Bind::Bool(v) => SqlValue::Integer(i64::from(v)),
         Bind::NullText | Bind::NullInt => SqlValue::Null,
-        // No SQLite column is an array; written as PostgreSQL's text form
-        // of one, as the sqlx connections do.
-        Bind::Ints(v) => SqlValue::Text(format!(
-            "{{{}}}",
-            v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-        )),
+        Bind::Ints(v) => SqlValue::Text(crate::array_text(&v)),
     }
 }
 
