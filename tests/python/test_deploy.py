@@ -100,3 +100,11 @@ def test_dev_is_one_sqlite_replica_and_production_three_on_postgres():
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["ROSTER_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "roster-database", "key": "url"}
     assert not any(kind == "Secret" for kind, _ in production)
+    # Every pod the autoscaler and a rollout's surge may run, at the most
+    # connections each opens (1.5 × the setting + 1), fits PostgreSQL's
+    # default max_connections of 100 with the migration Job's beside them.
+    setting = int(production[("ConfigMap", "roster-config")]["data"]["ROSTER_DATABASE_MAX_CONNECTIONS"])
+    pods = production[("HorizontalPodAutoscaler", "roster")]["spec"]["maxReplicas"] + int(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    )
+    assert (pods + 1) * (setting * 3 // 2 + 1) <= 100

@@ -211,6 +211,55 @@ def test_metrics_count_real_calls(server, stubs, backend):
     assert http_get(server, "/readyz") == (200, "ready\n")
 
 
+def test_postgres_connections_follow_the_setting(stubs):
+    """ROSTER_DATABASE_MAX_CONNECTIONS bounds a replica's connections: 4
+    gives 2 for writes, 2 for reads and 2 for searches, and PostgreSQL
+    sees no more than those and the one that merges the search index,
+    however many calls come at once."""
+    users, grpc_users = stubs["users"], stubs["users_grpc"]
+    url = postgres_database()
+    server = Server("postgres", env={"ROSTER_DATABASE_MAX_CONNECTIONS": "4"}, database_url=url)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            client = grpc_users.UserServiceStub(channel)
+            created = client.CreateUser(users.CreateUserRequest(username="pooled")).user
+            with futures.ThreadPoolExecutor(16) as pool:
+                reads = [pool.submit(client.GetUser, users.GetUserRequest(id=created.id)) for _ in range(64)]
+                searches = [
+                    pool.submit(
+                        client.ListUsers,
+                        users.ListUsersRequest(filter=users.UserFilter(query="pooled")),
+                    )
+                    for _ in range(64)
+                ]
+                assert all(r.result().user.id == created.id for r in reads)
+                assert all(len(s.result().users) == 1 for s in searches)
+        status, text = http_get(server, "/metrics")
+        assert status == 200
+        assert metric(text, "roster_db_pool_max_connections") == 6
+        held = metric(text, "roster_db_pool_connections", state="idle") + metric(
+            text, "roster_db_pool_connections", state="in_use"
+        )
+        assert 0 < held <= 6
+        name = url.rsplit("/", 1)[1]
+        admin = os.environ["ROSTER_TEST_POSTGRES_URL"]
+        count = subprocess.run(
+            ["psql", admin, "-Atc", f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert 0 < int(count) <= 7
+    finally:
+        server.stop()
+
+    refused = Server("postgres", env={"ROSTER_DATABASE_MAX_CONNECTIONS": "1"}, database_url=url, wait=False)
+    _, err = refused.process.communicate(timeout=30)
+    assert refused.process.returncode != 0
+    assert "database-max-connections" in err
+    refused.dir.cleanup()
+
+
 # --- shutdown ---------------------------------------------------------------
 
 

@@ -62,7 +62,8 @@ enum Command {
         target: String,
         #[arg(long, value_enum)]
         scenario: load::Scenario,
-        /// Users `seed` created: the search terms are drawn from them.
+        /// Users `seed` created: the search terms, and up to 100 000 of
+        /// the users called by id, are drawn from all of them.
         #[arg(long, default_value_t = 10_000)]
         users: usize,
         #[arg(long, default_value_t = 32)]

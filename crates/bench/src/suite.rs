@@ -404,9 +404,11 @@ fn search_terms(users: usize) -> Arc<Vec<String>> {
     )
 }
 
-/// Users the `load` command calls by id: the newest, as ListUsers returns
-/// them by default.
-const LOAD_IDS: usize = 1000;
+/// At most this many users are called by id by the `load` command.
+const LOAD_IDS: usize = 100_000;
+
+/// Usernames per ListUsers call when `load` looks seeded users up.
+const LOOKUP_BATCH: usize = 100;
 
 /// Runs `scenario` against the Roster at `target`, whose dataset `seed`
 /// made with `users` users.
@@ -422,11 +424,74 @@ pub async fn load_running(
     for _ in 0..connections.max(1) {
         channels.push(endpoint.connect().await?);
     }
-    let mut client =
-        roster_proto::v1::user_service_client::UserServiceClient::new(channels[0].clone());
+    let client = roster_proto::v1::user_service_client::UserServiceClient::new(channels[0].clone());
+    let ids = load_ids(client, users).await?;
+    anyhow::ensure!(!ids.is_empty(), "the server at {target} has no users");
+    let target = Target {
+        channels,
+        ids: Arc::new(ids),
+        queries: search_terms(users),
+        run: run_id(),
+    };
+    let report = load::run(&target, scenario, load).await;
+    print_report(scenario.name(), &report);
+    Ok(report)
+}
+
+/// Ids for `load` to call: seeded users spread evenly over all `users`
+/// (looked up by username), as the suite draws from every seeded user, so
+/// a run over a large dataset reads cold rows as the suite's does. When
+/// the server holds fewer of them than asked for (a dataset `seed` did not
+/// make), the newest users instead.
+async fn load_ids(
+    mut client: roster_proto::v1::user_service_client::UserServiceClient<Channel>,
+    users: usize,
+) -> anyhow::Result<Vec<String>> {
+    let usernames = load_usernames(users);
+    let wanted = usernames.len();
+    let mut ids = Vec::with_capacity(usernames.len());
+    for chunk in usernames.chunks(LOOKUP_BATCH) {
+        let page = client
+            .list_users(roster_proto::v1::ListUsersRequest {
+                filter: Some(roster_proto::v1::UserFilter {
+                    usernames: chunk.to_vec(),
+                    ..Default::default()
+                }),
+                page_size: i32::try_from(LOOKUP_BATCH)?,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if page.users.len() < chunk.len() {
+            eprintln!(
+                "  {} of {} seeded usernames not found: calling the newest users instead",
+                chunk.len() - page.users.len(),
+                chunk.len()
+            );
+            return newest_ids(client, wanted.min(1000)).await;
+        }
+        ids.extend(page.users.into_iter().map(|u| u.id));
+    }
+    Ok(ids)
+}
+
+/// The usernames of at most [`LOAD_IDS`] seeded users, spread evenly over
+/// all `users`.
+fn load_usernames(users: usize) -> Vec<String> {
+    let wanted = users.min(LOAD_IDS);
+    (0..wanted)
+        .map(|k| seed::username(k * users / wanted))
+        .collect()
+}
+
+/// The ids of the newest `count` users.
+async fn newest_ids(
+    mut client: roster_proto::v1::user_service_client::UserServiceClient<Channel>,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     let mut page_token = String::new();
-    while ids.len() < LOAD_IDS {
+    while ids.len() < count {
         let page = client
             .list_users(roster_proto::v1::ListUsersRequest {
                 page_size: 100,
@@ -441,16 +506,7 @@ pub async fn load_running(
         }
         page_token = page.next_page_token;
     }
-    anyhow::ensure!(!ids.is_empty(), "the server at {target} has no users");
-    let target = Target {
-        channels,
-        ids: Arc::new(ids),
-        queries: search_terms(users),
-        run: run_id(),
-    };
-    let report = load::run(&target, scenario, load).await;
-    print_report(scenario.name(), &report);
-    Ok(report)
+    Ok(ids)
 }
 
 fn run_id() -> u64 {
@@ -637,8 +693,22 @@ pub fn markdown(results: &Results) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kind, kind_arg};
+    use super::{Kind, LOAD_IDS, kind_arg, load_usernames};
+    use crate::seed;
     use clap::ValueEnum as _;
+
+    #[test]
+    fn load_calls_users_spread_over_the_whole_dataset() {
+        let million = load_usernames(1_000_000);
+        assert_eq!(million.len(), LOAD_IDS);
+        assert_eq!(million[0], seed::username(0));
+        assert_eq!(million[LOAD_IDS - 1], seed::username(999_990));
+        let uneven = load_usernames(150_000);
+        assert_eq!(uneven[LOAD_IDS - 1], seed::username(149_998));
+        let few = load_usernames(50);
+        assert_eq!(few, (0..50).map(seed::username).collect::<Vec<_>>());
+        assert_eq!(load_usernames(0), Vec::<String>::new());
+    }
 
     #[test]
     fn every_baseline_is_named_as_its_command_line_takes_it() {

@@ -67,6 +67,14 @@ pub struct DatabaseArgs {
     /// Directory for the default SQLite database.
     #[arg(long, env = "ROSTER_DATA_DIR", default_value = "roster-data")]
     pub data_dir: PathBuf,
+    /// Most PostgreSQL connections this replica opens for calls: half for
+    /// write transactions, half for single statements; searches open
+    /// half as many again, and one more merges the search index. Size it
+    /// so that every replica's connections fit the server's
+    /// `max_connections`. Ignored on SQLite.
+    #[arg(long, env = "ROSTER_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_max_connections: u32,
 }
 
 impl DatabaseArgs {
@@ -452,6 +460,24 @@ mod tests {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ];
         assert!(delivery(&ftp).unwrap_err().contains("http"));
+    }
+
+    #[test]
+    fn database_connections_are_bounded() {
+        let max = |args: &[&str]| {
+            Cli::try_parse_from([&["roster", "serve"], args].concat()).map(|cli| {
+                let Command::Serve(serve) = cli.command else {
+                    panic!("not serve")
+                };
+                serve.database.database_max_connections
+            })
+        };
+        assert_eq!(max(&[]).unwrap(), 16);
+        assert_eq!(max(&["--database-max-connections", "4"]).unwrap(), 4);
+        // One for writes and one for reads at the least.
+        assert!(max(&["--database-max-connections", "1"]).is_err());
+        assert!(max(&["--database-max-connections", "0"]).is_err());
+        assert!(max(&["--database-max-connections", "many"]).is_err());
     }
 
     #[test]

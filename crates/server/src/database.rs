@@ -17,10 +17,18 @@ impl Database {
     /// Opens `postgres://…`/`postgresql://…` with PostgreSQL and
     /// `sqlite:…` with SQLite.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
+        Self::open_with(url, PoolConfig::default().max_connections).await
+    }
+
+    /// [`Database::open`], with up to `max_connections` connections on
+    /// PostgreSQL (see [`PoolConfig::max_connections`]).
+    pub async fn open_with(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(
-                PostgresStore::connect(url, PoolConfig::default()).await?,
-            ))
+            let config = PoolConfig {
+                max_connections,
+                ..PoolConfig::default()
+            };
+            Ok(Self::Postgres(PostgresStore::connect(url, config).await?))
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url).await?))
         } else {

@@ -17,7 +17,9 @@ use roster_server::{
 
 async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url().context("creating the data directory")?;
-    let db = Database::open(&url).await.context("opening the database")?;
+    let db = Database::open_with(&url, args.database_max_connections)
+        .await
+        .context("opening the database")?;
     db.migrate().await.context("migrating the database")?;
     Ok(db)
 }
