@@ -515,6 +515,31 @@ fn run_id() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The storage baselines: each server's kind, its name in the results,
+/// and the scenario it is measured with. Reads are compared with `select`,
+/// writes with `insert`.
+const BASELINES: [(Kind, &str, Scenario); 3] = [
+    (Kind::Select, "select", Scenario::GetUser),
+    (Kind::SelectPool, "select_pool", Scenario::GetUser),
+    (Kind::Insert, "insert", Scenario::CreateUser),
+];
+
+/// Whether the baseline measured with `measured` runs right after Roster's
+/// `scenario`, of the selected `scenarios`: after `measured` itself when
+/// it is selected, else after the last selected scenario compared with it
+/// (a read with a read baseline, a write with a write one), and never
+/// when none is.
+fn baseline_follows(measured: Scenario, scenario: Scenario, scenarios: &[Scenario]) -> bool {
+    if scenarios.contains(&measured) {
+        return scenario == measured;
+    }
+    scenarios
+        .iter()
+        .rev()
+        .find(|s| s.writes() == measured.writes())
+        == Some(&scenario)
+}
+
 /// Runs the suite.
 pub async fn run(settings: Settings) -> anyhow::Result<Results> {
     // Refused before anything is measured, not after the other backend's
@@ -561,7 +586,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         // Each scenario gets a Roster process of its own, over the same
         // database, so that its memory figures are its own: memory one
         // scenario's peak left with the allocator (a burst of password
-        // hashing, say) would otherwise show in the next one's.
+        // hashing, say) would otherwise show in the next one's. A baseline
+        // runs right after the scenario it is compared with, so that the
+        // machine's speed, which drifts over minutes, is nearly the same
+        // for both.
         for &scenario in &scenarios {
             let roster = spawn_roster(&settings, &url, &backend_dir)?;
             measure(
@@ -574,40 +602,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 &mut rows,
             )
             .await?;
+            for (kind, name, measured) in BASELINES {
+                if !baseline_follows(measured, scenario, &scenarios) {
+                    continue;
+                }
+                eprintln!("{backend:?}: baseline {name}");
+                let url = new_database(&settings, backend, &backend_dir, name).await?;
+                let server = spawn_baseline(kind, Some(&url), settings.users)?;
+                let picks = Picks {
+                    ids: Arc::new((0..settings.users).map(baseline::row_id).collect()),
+                    queries: queries.clone(),
+                    run,
+                };
+                measure(
+                    &settings,
+                    server,
+                    &picks,
+                    &[measured],
+                    Some(backend),
+                    name,
+                    &mut rows,
+                )
+                .await?;
+                drop_database(&settings, &url).await?;
+            }
         }
         drop_database(&settings, &url).await?;
-
-        // A baseline runs when a selected scenario is compared with it.
-        let reads = scenarios.iter().any(|s| !s.writes());
-        let writes = scenarios.iter().any(|s| s.writes());
-        for (kind, name, scenario) in [
-            (Kind::Select, "select", Scenario::GetUser),
-            (Kind::SelectPool, "select_pool", Scenario::GetUser),
-            (Kind::Insert, "insert", Scenario::CreateUser),
-        ] {
-            if (kind == Kind::Insert && !writes) || (kind != Kind::Insert && !reads) {
-                continue;
-            }
-            eprintln!("{backend:?}: baseline {name}");
-            let url = new_database(&settings, backend, &backend_dir, name).await?;
-            let server = spawn_baseline(kind, Some(&url), settings.users)?;
-            let picks = Picks {
-                ids: Arc::new((0..settings.users).map(baseline::row_id).collect()),
-                queries: queries.clone(),
-                run,
-            };
-            measure(
-                &settings,
-                server,
-                &picks,
-                &[scenario],
-                Some(backend),
-                name,
-                &mut rows,
-            )
-            .await?;
-            drop_database(&settings, &url).await?;
-        }
     }
     std::fs::remove_dir_all(&dir).ok();
     add_ratios(&mut rows);
@@ -693,9 +713,53 @@ pub fn markdown(results: &Results) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Kind, LOAD_IDS, kind_arg, load_usernames};
+    use super::{BASELINES, Kind, LOAD_IDS, Scenario, baseline_follows, kind_arg, load_usernames};
     use crate::seed;
     use clap::ValueEnum as _;
+
+    #[test]
+    fn each_baseline_runs_once_right_after_the_scenario_it_is_compared_with() {
+        use Scenario::{CreateUser, GetUser, ListUsersQuery, Mixed, UpdateUserMetadata};
+        let after = |scenarios: &[Scenario]| {
+            BASELINES
+                .iter()
+                .map(|&(_, name, measured)| {
+                    let followed: Vec<Scenario> = scenarios
+                        .iter()
+                        .copied()
+                        .filter(|&s| baseline_follows(measured, s, scenarios))
+                        .collect();
+                    (name, followed)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            after(&Scenario::ALL),
+            [
+                ("select", vec![GetUser]),
+                ("select_pool", vec![GetUser]),
+                ("insert", vec![CreateUser]),
+            ]
+        );
+        // The million-user invocation: get_user last.
+        assert_eq!(
+            after(&[ListUsersQuery, GetUser]),
+            [
+                ("select", vec![GetUser]),
+                ("select_pool", vec![GetUser]),
+                ("insert", vec![]),
+            ]
+        );
+        // Without their own scenarios: after the last read, the last write.
+        assert_eq!(
+            after(&[UpdateUserMetadata, Mixed, ListUsersQuery]),
+            [
+                ("select", vec![ListUsersQuery]),
+                ("select_pool", vec![ListUsersQuery]),
+                ("insert", vec![UpdateUserMetadata]),
+            ]
+        );
+    }
 
     #[test]
     fn load_calls_users_spread_over_the_whole_dataset() {
