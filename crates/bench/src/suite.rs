@@ -410,6 +410,9 @@ const LOAD_IDS: usize = 100_000;
 /// Usernames per ListUsers call when `load` looks seeded users up.
 const LOOKUP_BATCH: usize = 100;
 
+/// Users `load` calls by id on a dataset `seed` did not make: the newest.
+const NEWEST_IDS: usize = 1000;
+
 /// Runs `scenario` against the Roster at `target`, whose dataset `seed`
 /// made with `users` users.
 pub async fn load_running(
@@ -448,7 +451,6 @@ async fn load_ids(
     users: usize,
 ) -> anyhow::Result<Vec<String>> {
     let usernames = load_usernames(users);
-    let wanted = usernames.len();
     let mut ids = Vec::with_capacity(usernames.len());
     for chunk in usernames.chunks(LOOKUP_BATCH) {
         let page = client
@@ -468,7 +470,7 @@ async fn load_ids(
                 chunk.len() - page.users.len(),
                 chunk.len()
             );
-            return newest_ids(client, wanted.min(1000)).await;
+            return newest_ids(client, NEWEST_IDS).await;
         }
         ids.extend(page.users.into_iter().map(|u| u.id));
     }
