@@ -59,6 +59,19 @@ impl Database {
         }
     }
 
+    /// Completes the other thing migrations leave to the store, returning
+    /// how many users it updated: on PostgreSQL, keeping on their rows the
+    /// email addresses and phone numbers of users stored without them
+    /// (`migrations/postgres/0009`), which may take minutes on a large
+    /// table and may run while the store serves. SQLite's migration does
+    /// it itself.
+    pub async fn fill_identifier_rows(&self) -> Result<u64, StorageError> {
+        match self {
+            Self::Sqlite(_) => Ok(0),
+            Self::Postgres(s) => s.fill_identifier_rows().await,
+        }
+    }
+
     /// What each database's manual advises after a bulk load. PostgreSQL:
     /// `VACUUM (ANALYZE)` of the user tables, which sets their visibility
     /// maps and statistics (autovacuum would otherwise do it while the

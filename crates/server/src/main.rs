@@ -87,10 +87,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => JwtTemplates::default(),
     };
     let db = open(&args.database).await?;
-    // Searches find users without search keys meanwhile, more slowly; a
-    // failure is retried at the next start.
+    // Reads gather the identifiers of users whose rows do not hold them,
+    // and searches find users without search keys, meanwhile, more
+    // slowly; a failure is retried at the next start.
     let filling = db.clone();
     tokio::spawn(async move {
+        match filling.fill_identifier_rows().await {
+            Ok(0) => {}
+            Ok(users) => tracing::info!(users, "identifiers kept on the stored users' rows"),
+            Err(error) => {
+                tracing::warn!(%error, "keeping identifiers on users' rows failed; retried at the next start");
+            }
+        }
         match filling.fill_search_keys().await {
             Ok(0) => {}
             Ok(users) => tracing::info!(users, "search keys computed for the stored users"),
@@ -210,6 +218,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let db = open(&args).await?;
+            let users = db
+                .fill_identifier_rows()
+                .await
+                .context("keeping identifiers on users' rows")?;
+            if users > 0 {
+                tracing::info!(users, "identifiers kept on the stored users' rows");
+            }
             let users = db
                 .fill_search_keys()
                 .await

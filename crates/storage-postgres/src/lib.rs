@@ -352,6 +352,15 @@ impl PostgresStore {
         roster_storage::exec::backfill_search_keys(conn.as_mut()).await
     }
 
+    /// Keeps on their rows the email addresses and phone numbers of the
+    /// users whose rows do not hold them
+    /// ([`roster_storage::exec::fill_identifier_rows`]); returns how many.
+    /// Reads gather those users' identifiers from their tables meanwhile,
+    /// so this may run while the store serves.
+    pub async fn fill_identifier_rows(&self) -> Result<u64, StorageError> {
+        roster_storage::exec::fill_identifier_rows(self).await
+    }
+
     /// A connection of `pool`, timed as every acquisition is.
     async fn read_connection<'a>(
         pool: &'a ReadPool,

@@ -588,6 +588,37 @@ pub async fn backfill_search_keys(conn: &mut dyn SqlConn) -> Result<u64, Storage
     Ok(keyed)
 }
 
+/// Users whose identifier rows [`fill_identifier_rows`] keeps per
+/// transaction.
+const ROWS_CHUNK: usize = 500;
+
+/// Keeps on their rows the email addresses and phone numbers of the users
+/// whose rows do not hold them (PostgreSQL: users stored before the rows
+/// held them, or written by an earlier version of the store during a
+/// rolling upgrade), in id order, a few hundred per transaction. Reads
+/// gather those users' identifiers from their tables meanwhile, so this
+/// may run while the store serves. Returns how many users it updated.
+pub async fn fill_identifier_rows<D: SqlDatabase + ?Sized>(db: &D) -> Result<u64, StorageError> {
+    let mut after = String::new();
+    let mut filled = 0;
+    loop {
+        let mut tx = db.begin_write().await?;
+        // The users are locked first, in a statement of their own, so the
+        // identifiers are gathered by a statement that starts once no other
+        // writer of these users is left (see `load_record`).
+        let ids = tx
+            .fetch_texts(sql::users_without_identifier_rows(&after, ROWS_CHUNK))
+            .await?;
+        let Some(last) = ids.last().cloned() else {
+            break;
+        };
+        filled += tx.execute(sql::fill_identifier_rows(&ids)).await?;
+        tx.commit().await?;
+        after = last;
+    }
+    Ok(filled)
+}
+
 /// The rows of a new user in each table.
 fn new_user_rows(record: &UserRecord, dialect: Dialect) -> Vec<TableRows<'static>> {
     let user = &record.user;

@@ -257,6 +257,8 @@ impl UserRow {
             Bind::Int(self.code_window_sends),
             Bind::Int(self.failed_sign_ins),
             opt_int(self.locked_until),
+            email_rows(user),
+            phone_rows(user),
         ];
         binds.extend(search_keys);
         binds
@@ -409,9 +411,80 @@ impl PhoneRow {
     }
 }
 
+/// [`VerificationColumns`] as a JSON array, in their order: the shape of
+/// the verification in [`StoredUser`]'s rows.
+struct VerificationArray(VerificationColumns);
+
+impl serde::Serialize for VerificationArray {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let v = &self.0;
+        let mut t = serializer.serialize_tuple(VERIFICATION_COLUMN_COUNT)?;
+        t.serialize_element(&v.status)?;
+        t.serialize_element(&v.strategy)?;
+        t.serialize_element(&v.attempts)?;
+        t.serialize_element(&v.expire_at)?;
+        t.serialize_element(&v.code_hash)?;
+        t.serialize_element(&v.sent_at)?;
+        t.serialize_element(&v.window_start)?;
+        t.serialize_element(&v.window_sends)?;
+        t.end()
+    }
+}
+
+/// JSON of rows made of strings, numbers and options, which serialize
+/// without fail; were one to fail, NULL, which is read from the
+/// identifier tables instead.
+fn json_rows(rows: &impl serde::Serialize) -> Bind {
+    serde_json::to_string(rows).map_or(Bind::NullText, Bind::Text)
+}
+
+/// `user`'s email addresses as [`StoredUser::emails`] holds them.
+fn email_rows(user: &User) -> Bind {
+    #[derive(serde::Serialize)]
+    struct Row<'a>(&'a str, String, VerificationArray, i64, i64);
+    let rows: Vec<Row<'_>> = user
+        .email_addresses
+        .iter()
+        .map(|e| {
+            Row(
+                e.id.as_str(),
+                e.email.to_string(),
+                VerificationArray(VerificationColumns::from_domain(&e.verification)),
+                e.created_at.as_millis(),
+                e.updated_at.as_millis(),
+            )
+        })
+        .collect();
+    json_rows(&rows)
+}
+
+/// `user`'s phone numbers as [`StoredUser::phones`] holds them.
+fn phone_rows(user: &User) -> Bind {
+    #[derive(serde::Serialize)]
+    struct Row<'a>(&'a str, String, VerificationArray, bool, bool, i64, i64);
+    let rows: Vec<Row<'_>> = user
+        .phone_numbers
+        .iter()
+        .map(|p| {
+            Row(
+                p.id.as_str(),
+                p.phone.to_string(),
+                VerificationArray(VerificationColumns::from_domain(&p.verification)),
+                p.reserved_for_second_factor,
+                p.default_second_factor,
+                p.created_at.as_millis(),
+                p.updated_at.as_millis(),
+            )
+        })
+        .collect();
+    json_rows(&rows)
+}
+
 /// A user row as read with [`crate::sql::user_columns`]: its email
-/// addresses and phone numbers come along as JSON arrays of rows, so one
-/// query reads whole users.
+/// addresses and phone numbers are kept on it as JSON arrays of rows
+/// ([`UserRow::binds`] writes them with every change to the user, beside
+/// the identifier tables that settle uniqueness), so a user is one row.
 #[derive(Clone, Debug)]
 pub struct StoredUser {
     pub row: UserRow,
@@ -422,19 +495,21 @@ pub struct StoredUser {
     pub phones: String,
 }
 
-/// One element of [`StoredUser::emails`], in
-/// [`crate::sql::user_columns`] order: id, address, verification (an array
-/// in [`VerificationColumns`] order), created, updated.
+/// One element of [`StoredUser::emails`], as [`email_rows`] writes it:
+/// id, address, verification (an array in [`VerificationColumns`] order),
+/// created, updated.
 #[derive(serde::Deserialize)]
 struct EmailJson(String, String, VerificationColumns, i64, i64);
 
-/// One element of [`StoredUser::phones`], in
-/// [`crate::sql::user_columns`] order: id, number, verification, the two
-/// second-factor flags, created, updated.
+/// One element of [`StoredUser::phones`], as [`phone_rows`] writes it:
+/// id, number, verification, the two second-factor flags, created,
+/// updated.
 #[derive(serde::Deserialize)]
 struct PhoneJson(String, String, VerificationColumns, Flag, Flag, i64, i64);
 
-/// A boolean column in JSON: PostgreSQL writes `true`, SQLite `1`.
+/// A boolean column in JSON: `true` as the store writes it, or `1` as
+/// SQLite's JSON functions gather it (`migrations/sqlite/0011`, and reads
+/// of a row without its arrays).
 ///
 /// Read by a visitor that takes either, rather than an untagged enum,
 /// which buffers the value and builds an error for each shape it is not.

@@ -65,36 +65,83 @@ pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, 
 
 /// [`USER_COLUMNS`] followed by the user's email addresses and phone
 /// numbers as JSON arrays of rows, the shape [`crate::rows::StoredUser`]
-/// reads: whole users in one query.
+/// reads: whole users from one table, one row each. The arrays are kept
+/// on the user's row (`email_rows`, `phone_rows`, which
+/// [`crate::rows::UserRow::binds`] writes with every change to the user);
+/// where they are not (NULL: a user written by an earlier version of the
+/// store, on PostgreSQL, until [`fill_identifier_rows`] runs), they are
+/// gathered from the identifier tables instead.
 pub fn user_columns(dialect: Dialect) -> &'static str {
-    static POSTGRES: LazyLock<String> =
-        LazyLock::new(|| user_columns_in("json_agg", "json_build_array"));
-    static SQLITE: LazyLock<String> =
-        LazyLock::new(|| user_columns_in("json_group_array", "json_array"));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        let (emails, phones) = gathered_identifier_rows(Dialect::Postgres);
+        format!(
+            "{USER_COLUMNS}, COALESCE(u.email_rows, {emails}), COALESCE(u.phone_rows, {phones})"
+        )
+    });
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        let (emails, phones) = gathered_identifier_rows(Dialect::Sqlite);
+        format!(
+            "{USER_COLUMNS}, COALESCE(u.email_rows, {emails}), COALESCE(u.phone_rows, {phones})"
+        )
+    });
     match dialect {
         Dialect::Postgres => &POSTGRES,
         Dialect::Sqlite => &SQLITE,
     }
 }
 
-fn user_columns_in(aggregate: &str, array: &str) -> String {
+/// Expressions of `users u`'s email addresses and phone numbers as JSON
+/// arrays of rows, gathered from the identifier tables.
+fn gathered_identifier_rows(dialect: Dialect) -> (String, String) {
     const VERIFICATION: &str = "verification_status, verification_strategy, \
         verification_attempts, verification_expire_at, verification_code_hash, \
         verification_sent_at, verification_window_start, verification_window_sends";
-    format!(
-        "{USER_COLUMNS}, \
-         CAST(COALESCE((SELECT {aggregate}({array}(id, email_address, {array}({VERIFICATION}), \
-             created_at, updated_at)) FROM email_addresses WHERE user_id = u.id), '[]') AS TEXT), \
-         CAST(COALESCE((SELECT {aggregate}({array}(id, phone_number, {array}({VERIFICATION}), \
+    let (aggregate, array) = match dialect {
+        Dialect::Postgres => ("json_agg", "json_build_array"),
+        Dialect::Sqlite => ("json_group_array", "json_array"),
+    };
+    (
+        format!(
+            "CAST(COALESCE((SELECT {aggregate}({array}(id, email_address, {array}({VERIFICATION}), \
+             created_at, updated_at)) FROM email_addresses WHERE user_id = u.id), '[]') AS TEXT)"
+        ),
+        format!(
+            "CAST(COALESCE((SELECT {aggregate}({array}(id, phone_number, {array}({VERIFICATION}), \
              reserved_for_second_factor, default_second_factor, created_at, updated_at)) \
              FROM phone_numbers WHERE user_id = u.id), '[]') AS TEXT)"
+        ),
     )
+}
+
+/// `UPDATE` that keeps on their rows the email addresses and phone
+/// numbers of the users `ids` (PostgreSQL; see [`user_columns`]).
+pub fn fill_identifier_rows(ids: &[String]) -> Statement {
+    let (emails, phones) = gathered_identifier_rows(Dialect::Postgres);
+    let mut b = Builder::new(
+        Dialect::Postgres,
+        &format!("UPDATE users u SET email_rows = {emails}, phone_rows = {phones} WHERE u.id IN "),
+    );
+    b.bind_list(ids.iter().map(|id| Bind::Text(id.clone())));
+    b.finish()
+}
+
+/// `SELECT … FOR UPDATE` of the ids of up to `limit` users after `after`,
+/// in id order, whose email addresses and phone numbers are not kept on
+/// their rows (PostgreSQL).
+pub fn users_without_identifier_rows(after: &str, limit: usize) -> Statement {
+    let mut b = Builder::new(
+        Dialect::Postgres,
+        "SELECT id FROM users WHERE (email_rows IS NULL OR phone_rows IS NULL) AND id > ",
+    );
+    b.bind(Bind::Text(after.to_owned()));
+    b.push(&format!(" ORDER BY id LIMIT {limit} FOR UPDATE"));
+    b.finish()
 }
 
 /// Columns [`crate::rows::UserRow::binds`] writes, in order: all of them
 /// on PostgreSQL, all but the last, `search_terms`, on SQLite (see
 /// [`user_write_columns`]).
-pub const USER_WRITE_COLUMNS: [&str; 26] = [
+pub const USER_WRITE_COLUMNS: [&str; 28] = [
     "id",
     "external_id",
     "first_name",
@@ -120,6 +167,8 @@ pub const USER_WRITE_COLUMNS: [&str; 26] = [
     "code_window_sends",
     "failed_sign_ins",
     "locked_until",
+    "email_rows",
+    "phone_rows",
     "search_terms",
 ];
 
