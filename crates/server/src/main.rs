@@ -15,6 +15,18 @@ use roster_server::{
     AppState, CodeSettings, DEFAULT_SESSION_LIFETIME_MS, Hasher, SecretKeys, ServeOptions,
 };
 
+/// What [`Database::fill_identifier_rows`] did, when it did anything.
+const IDENTIFIERS_KEPT: &str = "identifiers kept on the stored users' rows";
+/// What [`Database::fill_search_keys`] did, when it did anything.
+const SEARCH_KEYS_COMPUTED: &str = "search keys computed for the stored users";
+
+/// Logs how many users a step migrations leave to the store updated.
+fn log_filled(users: u64, done: &str) {
+    if users > 0 {
+        tracing::info!(users, "{done}");
+    }
+}
+
 async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
     let url = args.url().context("creating the data directory")?;
     let db = Database::open_with(&url, args.database_max_connections)
@@ -93,15 +105,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filling = db.clone();
     tokio::spawn(async move {
         match filling.fill_identifier_rows().await {
-            Ok(0) => {}
-            Ok(users) => tracing::info!(users, "identifiers kept on the stored users' rows"),
-            Err(error) => {
-                tracing::warn!(%error, "keeping identifiers on users' rows failed; retried at the next start");
-            }
+            Ok(users) => log_filled(users, IDENTIFIERS_KEPT),
+            Err(error) => tracing::warn!(
+                %error,
+                "keeping identifiers on users' rows failed; retried at the next start"
+            ),
         }
         match filling.fill_search_keys().await {
-            Ok(0) => {}
-            Ok(users) => tracing::info!(users, "search keys computed for the stored users"),
+            Ok(users) => log_filled(users, SEARCH_KEYS_COMPUTED),
             Err(error) => {
                 tracing::warn!(%error, "computing search keys failed; retried at the next start");
             }
@@ -218,20 +229,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let db = open(&args).await?;
-            let users = db
-                .fill_identifier_rows()
-                .await
-                .context("keeping identifiers on users' rows")?;
-            if users > 0 {
-                tracing::info!(users, "identifiers kept on the stored users' rows");
-            }
-            let users = db
-                .fill_search_keys()
-                .await
-                .context("computing search keys")?;
-            if users > 0 {
-                tracing::info!(users, "search keys computed for the stored users");
-            }
+            let users = db.fill_identifier_rows().await;
+            log_filled(
+                users.context("keeping identifiers on users' rows")?,
+                IDENTIFIERS_KEPT,
+            );
+            let users = db.fill_search_keys().await;
+            log_filled(
+                users.context("computing search keys")?,
+                SEARCH_KEYS_COMPUTED,
+            );
             db.close().await;
             tracing::info!("migrations applied");
             Ok(())

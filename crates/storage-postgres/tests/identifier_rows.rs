@@ -10,9 +10,9 @@
     reason = "tests: a failed unwrap is a failed test"
 )]
 
-use roster_domain::{Email, IdentificationId, Timestamp, User, UserRecord};
+use roster_domain::{IdentificationId, Timestamp, User, UserRecord};
 use roster_storage::UserStore;
-use roster_storage::contract::new_user;
+use roster_storage::contract::{new_user, with_email_added};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::sql::Statement;
 use roster_storage_postgres::{PoolConfig, PostgresStore};
@@ -63,23 +63,7 @@ async fn identifiers_on_the_row_follow_every_write_and_stale_ones_are_dropped() 
         })
         .collect();
     store.insert_users(&bulk).await.unwrap();
-    let changed = store
-        .update_user(
-            &alone.user.id,
-            Box::new(|r| {
-                let now = Timestamp::from_millis(r.user.updated_at.as_millis() + 1);
-                r.user
-                    .add_email(
-                        Email::parse("second@example.com").unwrap(),
-                        false,
-                        false,
-                        now,
-                    )
-                    .map(drop)
-            }),
-        )
-        .await
-        .unwrap();
+    let changed = with_email_added(&store, &alone.user.id, "second@example.com").await;
     assert_eq!(changed.email_addresses.len(), 2);
     assert_eq!(without_rows(&store).await, none(), "the store keeps them");
     assert_eq!(read(&store, &alone.user).await, changed);

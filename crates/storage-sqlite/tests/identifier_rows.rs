@@ -10,9 +10,9 @@
 )]
 
 use roster_domain::query::{OrderBy, UserFilter};
-use roster_domain::{Email, Timestamp, User, UserRecord};
+use roster_domain::{User, UserRecord};
 use roster_storage::UserStore;
-use roster_storage::contract::new_user;
+use roster_storage::contract::{new_user, with_email_added};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::query::ListQuery;
 use roster_storage::sql::Statement;
@@ -63,23 +63,7 @@ async fn identifiers_on_the_row_follow_writes_and_are_gathered_for_older_users()
         })
         .collect();
     store.insert_users(&bulk).await.unwrap();
-    let changed = store
-        .update_user(
-            &alone.user.id,
-            Box::new(|r| {
-                let now = Timestamp::from_millis(r.user.updated_at.as_millis() + 1);
-                r.user
-                    .add_email(
-                        Email::parse("third@example.com").unwrap(),
-                        false,
-                        false,
-                        now,
-                    )
-                    .map(drop)
-            }),
-        )
-        .await
-        .unwrap();
+    let changed = with_email_added(&store, &alone.user.id, "third@example.com").await;
     assert_eq!(changed.email_addresses.len(), 3);
     assert_eq!(without_rows(&store).await, 0);
     assert_eq!(read(&store, &alone.user).await, changed);

@@ -1029,6 +1029,22 @@ pub async fn matching(store: &dyn UserStore, query: &str) -> u64 {
         .unwrap()
 }
 
+/// The user `id` once it has the unverified email address `email` too,
+/// added a millisecond after its last change.
+pub async fn with_email_added(store: &dyn UserStore, id: &UserId, email: &str) -> User {
+    let email = Email::parse(email).unwrap();
+    store
+        .update_user(
+            id,
+            Box::new(move |r| {
+                let now = Timestamp::from_millis(r.user.updated_at.as_millis() + 1);
+                r.user.add_email(email, false, false, now).map(drop)
+            }),
+        )
+        .await
+        .unwrap()
+}
+
 /// A user whose identifiers are all unverified.
 fn unverified_user(emails: &[&str], phones: &[&str], offset: i64) -> User {
     let mut user = new_user(emails, phones, None, offset);
