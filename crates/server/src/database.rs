@@ -59,12 +59,11 @@ impl Database {
         }
     }
 
-    /// Completes the other thing migrations leave to the store, returning
-    /// how many users it updated: on PostgreSQL, keeping on their rows the
-    /// email addresses and phone numbers of users stored without them
-    /// (`migrations/postgres/0009`), which may take minutes on a large
-    /// table and may run while the store serves. SQLite's migration does
-    /// it itself.
+    /// Completes what `migrations/postgres/0009` leaves to the store:
+    /// keeping on their rows the email addresses and phone numbers of the
+    /// users stored without them, which may take minutes on a large table
+    /// and may run while the store serves. Returns how many users it
+    /// updated. SQLite's migration does this itself.
     pub async fn fill_identifier_rows(&self) -> Result<u64, StorageError> {
         match self {
             Self::Sqlite(_) => Ok(0),
