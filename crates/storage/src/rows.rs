@@ -413,12 +413,12 @@ impl PhoneRow {
 
 /// [`VerificationColumns`] as a JSON array, in their order: the shape of
 /// the verification in [`StoredUser`]'s rows.
-struct VerificationArray(VerificationColumns);
+struct VerificationArray<'a>(&'a VerificationColumns);
 
-impl serde::Serialize for VerificationArray {
+impl serde::Serialize for VerificationArray<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple as _;
-        let v = &self.0;
+        let v = self.0;
         let mut t = serializer.serialize_tuple(VERIFICATION_COLUMN_COUNT)?;
         t.serialize_element(&v.status)?;
         t.serialize_element(&v.strategy)?;
@@ -439,46 +439,64 @@ fn json_rows(rows: &impl serde::Serialize) -> Bind {
     serde_json::to_string(rows).map_or(Bind::NullText, Bind::Text)
 }
 
-/// `user`'s email addresses as [`StoredUser::emails`] holds them.
+/// `user`'s email addresses as [`StoredUser::emails`] holds them: the
+/// rows of `email_addresses`, as [`EmailJson`].
 fn email_rows(user: &User) -> Bind {
     #[derive(serde::Serialize)]
-    struct Row<'a>(&'a str, String, VerificationArray, i64, i64);
-    let rows: Vec<Row<'_>> = user
+    struct Row<'a>(&'a str, &'a str, VerificationArray<'a>, i64, i64);
+    let rows: Vec<EmailRow> = user
         .email_addresses
         .iter()
-        .map(|e| {
+        .map(|e| EmailRow::from_domain(&user.id, e))
+        .collect();
+    let json: Vec<Row<'_>> = rows
+        .iter()
+        .map(|r| {
             Row(
-                e.id.as_str(),
-                e.email.to_string(),
-                VerificationArray(VerificationColumns::from_domain(&e.verification)),
-                e.created_at.as_millis(),
-                e.updated_at.as_millis(),
+                &r.id,
+                &r.email_address,
+                VerificationArray(&r.verification),
+                r.created_at,
+                r.updated_at,
             )
         })
         .collect();
-    json_rows(&rows)
+    json_rows(&json)
 }
 
-/// `user`'s phone numbers as [`StoredUser::phones`] holds them.
+/// `user`'s phone numbers as [`StoredUser::phones`] holds them: the rows
+/// of `phone_numbers`, as [`PhoneJson`].
 fn phone_rows(user: &User) -> Bind {
     #[derive(serde::Serialize)]
-    struct Row<'a>(&'a str, String, VerificationArray, bool, bool, i64, i64);
-    let rows: Vec<Row<'_>> = user
+    struct Row<'a>(
+        &'a str,
+        &'a str,
+        VerificationArray<'a>,
+        bool,
+        bool,
+        i64,
+        i64,
+    );
+    let rows: Vec<PhoneRow> = user
         .phone_numbers
         .iter()
-        .map(|p| {
+        .map(|p| PhoneRow::from_domain(&user.id, p))
+        .collect();
+    let json: Vec<Row<'_>> = rows
+        .iter()
+        .map(|r| {
             Row(
-                p.id.as_str(),
-                p.phone.to_string(),
-                VerificationArray(VerificationColumns::from_domain(&p.verification)),
-                p.reserved_for_second_factor,
-                p.default_second_factor,
-                p.created_at.as_millis(),
-                p.updated_at.as_millis(),
+                &r.id,
+                &r.phone_number,
+                VerificationArray(&r.verification),
+                r.reserved_for_second_factor,
+                r.default_second_factor,
+                r.created_at,
+                r.updated_at,
             )
         })
         .collect();
-    json_rows(&rows)
+    json_rows(&json)
 }
 
 /// A user row as read with [`crate::sql::user_columns`]: its email

@@ -72,18 +72,14 @@ pub const USER_COLUMNS: &str = "u.id, u.external_id, u.first_name, u.last_name, 
 /// store, on PostgreSQL, until [`fill_identifier_rows`] runs), they are
 /// gathered from the identifier tables instead.
 pub fn user_columns(dialect: Dialect) -> &'static str {
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-        let (emails, phones) = gathered_identifier_rows(Dialect::Postgres);
+    fn columns(dialect: Dialect) -> String {
+        let (emails, phones) = gathered_identifier_rows(dialect);
         format!(
             "{USER_COLUMNS}, COALESCE(u.email_rows, {emails}), COALESCE(u.phone_rows, {phones})"
         )
-    });
-    static SQLITE: LazyLock<String> = LazyLock::new(|| {
-        let (emails, phones) = gathered_identifier_rows(Dialect::Sqlite);
-        format!(
-            "{USER_COLUMNS}, COALESCE(u.email_rows, {emails}), COALESCE(u.phone_rows, {phones})"
-        )
-    });
+    }
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| columns(Dialect::Postgres));
+    static SQLITE: LazyLock<String> = LazyLock::new(|| columns(Dialect::Sqlite));
     match dialect {
         Dialect::Postgres => &POSTGRES,
         Dialect::Sqlite => &SQLITE,
