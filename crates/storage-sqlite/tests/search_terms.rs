@@ -28,9 +28,10 @@ fn record(username: &str, offset: i64) -> UserRecord {
 /// counts as picked, so a long query is looked up by runs covering all of
 /// it. Terms are hashes, so a user holding none of the query may share one
 /// of its terms; the queries below are looked up by several terms, or held
-/// by everyone. (A four-character query such as `234@` is looked up by
-/// two trigrams, both of which a user's random id and address can hold:
-/// `bulk0034@…` with `234` in its id.)
+/// by everyone. A query shorter than a run is looked up by its trigrams,
+/// which users' random ids can hold: `1234@` would also find `bulk0034@…`
+/// whose id holds `123` and `234`. Ids hold neither `l` nor `o`, which
+/// every trigram of the short query below holds.
 async fn indexed(store: &SqliteStore, query: &str) -> i64 {
     let terms = match_terms(query, &trigrams(query));
     assert!(!terms.is_empty());
@@ -57,14 +58,14 @@ async fn the_index_follows_each_write_and_is_filled_when_left_empty() {
     let url = format!("sqlite://{}", dir.path().join("roster.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    let alone = record("seed0001234", 0);
+    let alone = record("solo0001234", 0);
     store.insert_user(&alone).await.unwrap();
     let bulk: Vec<UserRecord> = (0..50).map(|i| record(&format!("bulk{i:04}"), i)).collect();
     store.insert_users(&bulk).await.unwrap();
     for (query, users) in [
-        ("seed0001234", 1),
+        ("solo0001234", 1),
         ("0001234@example", 1),
-        ("1234@", 1),
+        ("solo0", 1),
         ("bulk0042", 1),
         ("bulk004", 10),
         ("@example.com", 51),
@@ -86,11 +87,11 @@ async fn the_index_follows_each_write_and_is_filled_when_left_empty() {
         .unwrap();
     assert_eq!(indexed(&store, "renamed777").await, 1);
     assert_eq!(
-        indexed(&store, "seed0001234@").await,
+        indexed(&store, "solo0001234@").await,
         1,
         "the address stays"
     );
-    assert_eq!(indexed(&store, "seed0001234").await, 1, "in the address");
+    assert_eq!(indexed(&store, "solo0001234").await, 1, "in the address");
     assert_eq!(found(&store, "renamed777").await, 1);
 
     // A deleted user's terms go with it.
