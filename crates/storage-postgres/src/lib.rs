@@ -38,6 +38,10 @@ pub use reads::{ReadConn, ReadPool};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// The setting by which the store's connections tell the database that
+/// they keep users' identifier arrays themselves (`kept`).
+pub const IDENTIFIER_ROWS_SETTING: &str = "roster.identifier_rows";
+
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -293,7 +297,13 @@ impl PostgresStore {
                     })
                 })
         };
-        let options = url.parse::<PgConnectOptions>().map_err(map_error)?;
+        // Every write of this store keeps a user's identifier arrays in
+        // step itself: the triggers that drop them after an earlier
+        // version's writes (`migrations/postgres/0010`) skip its own.
+        let options = url
+            .parse::<PgConnectOptions>()
+            .map_err(map_error)?
+            .options([(IDENTIFIER_ROWS_SETTING, "kept")]);
         let pool = pool_options(write_connections(config.max_connections))
             .connect_with(options.clone())
             .await

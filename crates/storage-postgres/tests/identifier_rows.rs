@@ -15,11 +15,24 @@ use roster_storage::UserStore;
 use roster_storage::contract::{new_user, with_email_added};
 use roster_storage::exec::SqlDatabase;
 use roster_storage::sql::Statement;
-use roster_storage_postgres::{PoolConfig, PostgresStore};
+use roster_storage_postgres::{IDENTIFIER_ROWS_SETTING, PoolConfig, PostgresStore};
+use sqlx::Connection as _;
 
 async fn execute(store: &PostgresStore, sql: &str) -> u64 {
     let mut conn = store.connection().await.unwrap();
     conn.execute(Statement::unbound(sql)).await.unwrap()
+}
+
+/// Runs `sql` as an earlier version of the store would: on a connection
+/// of its own, which does not say that it keeps the identifier arrays.
+async fn as_earlier_version(url: &str, sql: &str) -> u64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    done.rows_affected()
 }
 
 /// Users whose rows do not hold their email addresses, and those whose
@@ -66,6 +79,21 @@ async fn identifiers_on_the_row_follow_every_write_and_stale_ones_are_dropped() 
     let changed = with_email_added(&store, &alone.user.id, "second@example.com").await;
     assert_eq!(changed.email_addresses.len(), 2);
     assert_eq!(without_rows(&store).await, none(), "the store keeps them");
+
+    // The store's connections say they keep the arrays, so the triggers
+    // leave its changes to the identifier tables alone.
+    let mut conn = store.connection().await.unwrap();
+    let setting = Statement::unbound(&format!(
+        "SELECT current_setting('{IDENTIFIER_ROWS_SETTING}')"
+    ));
+    assert_eq!(conn.fetch_texts(setting).await.unwrap(), ["kept"]);
+    drop(conn);
+    let touched = format!(
+        "UPDATE email_addresses SET updated_at = updated_at WHERE user_id = '{}'",
+        alone.user.id
+    );
+    assert_eq!(execute(&store, &touched).await, 2);
+    assert_eq!(without_rows(&store).await, none(), "kept by the store");
     assert_eq!(read(&store, &alone.user).await, changed);
     assert_eq!(read(&store, &bulk[1].user).await, bulk[1].user);
 
@@ -76,7 +104,7 @@ async fn identifiers_on_the_row_follow_every_write_and_stale_ones_are_dropped() 
         "UPDATE email_addresses SET verification_status = 'verified' WHERE id = '{}'",
         second.id
     );
-    assert_eq!(execute(&store, &verified).await, 1);
+    assert_eq!(as_earlier_version(&url, &verified).await, 1);
     let added = IdentificationId::generate(Timestamp::from_millis(10_000));
     let insert = format!(
         "INSERT INTO email_addresses (id, user_id, email_address, email_normalized, \
@@ -84,12 +112,12 @@ async fn identifiers_on_the_row_follow_every_write_and_stale_ones_are_dropped() 
          VALUES ('{added}', '{}', 'old@example.com', 'old@example.com', 'unverified', 10000, 10000)",
         bulk[0].user.id
     );
-    assert_eq!(execute(&store, &insert).await, 1);
+    assert_eq!(as_earlier_version(&url, &insert).await, 1);
     let removed = format!(
         "DELETE FROM phone_numbers WHERE id = '{}'",
         bulk[2].user.phone_numbers[0].id
     );
-    assert_eq!(execute(&store, &removed).await, 1);
+    assert_eq!(as_earlier_version(&url, &removed).await, 1);
     assert_eq!(
         without_rows(&store).await,
         ("2".to_owned(), "1".to_owned()),
