@@ -9,12 +9,17 @@
 //! Each call's span continues the caller's W3C `traceparent`, and its
 //! `trace_id` and `span_id` appear in JSON logs of that call.
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -40,13 +45,54 @@ fn tracing_enabled() -> bool {
         && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// What logs show: every event, and every span but the store's
+/// (`store.*`, which carry no fields and time the database for traces).
+/// A span a log shows is formatted when it opens, whether or not anything
+/// is logged in it: without the store's, a call formats one. Decided once
+/// per callsite, so that it costs nothing per span or event.
+struct Logged;
+
+impl Logged {
+    fn shows(meta: &tracing::Metadata<'_>) -> bool {
+        !(meta.is_span() && meta.name().starts_with("store."))
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for Logged {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        Self::shows(meta)
+    }
+
+    /// No bound of its own: without one, the filters' bound together
+    /// would be none, and every `trace!` in the libraries below would be
+    /// looked at.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        if Self::shows(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+}
+
 /// Installs logging and, when configured, trace export. Call once, inside
 /// the tokio runtime.
 pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_env("ROSTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("ROSTER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .and(Logged);
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_filter(filter)
             .boxed(),
         // Every enclosing span's fields (the call's trace_id and span_id
