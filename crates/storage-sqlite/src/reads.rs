@@ -39,17 +39,6 @@ const MOST_IDLE: usize = 8;
 /// fixed texts.
 const STATEMENT_CACHE: usize = 64;
 
-/// Bytes of the database file each connection reads through a memory
-/// map rather than `pread`. With SQLite's own page cache (2 MB a
-/// connection) a read of one user at 10 000 users missed it about five
-/// times, each miss a system call and a copy of the page; through the map
-/// the pages come straight from the kernel's cache, which all connections
-/// share (get_user 27 700 → 30 200 calls/s). Mapped pages count in the
-/// process's resident size as they are read, but not as memory of its
-/// own: the kernel's page cache holds them either way, and a container's
-/// memory limit counts them either way.
-const MMAP_SIZE: i64 = 1 << 28;
-
 /// Read-only connections to one database file, opened as threads ask.
 /// Public for the benchmark's baselines, which read as Roster does.
 #[derive(Debug)]
@@ -86,7 +75,6 @@ impl Readers {
         )?;
         conn.busy_timeout(self.busy_timeout)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
         Ok(conn)
     }
 
