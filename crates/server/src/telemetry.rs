@@ -1,7 +1,7 @@
 //! Logs and traces.
 //!
-//! Logs go to stderr, human-readable or JSON (`--log-format json`), filtered
-//! by `ROSTER_LOG`. Traces are exported with OTLP over gRPC when
+//! Logs go to stderr, human-readable (coloured on a terminal) or JSON
+//! (`--log-format json`), filtered by `ROSTER_LOG`. Traces are exported with OTLP over gRPC when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
 //! is set, configured by the standard variables (`OTEL_SERVICE_NAME`,
 //! default `roster`; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`;
