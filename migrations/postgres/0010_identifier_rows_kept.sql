@@ -1,5 +1,5 @@
 -- The store's own writes keep the arrays on the user row in step, so the
--- triggers of `0009` have nothing to do for them: the store's write
+-- triggers of `0009` have nothing to do for them: the store's
 -- connections say so with the setting `roster.identifier_rows = kept`
 -- (in their start-up options), and the triggers return at once. Before,
 -- each change the store made to a user's identifiers first set the

@@ -1,10 +1,11 @@
 //! Logs and traces.
 //!
 //! Logs go to stderr, human-readable (coloured on a terminal) or JSON
-//! (`--log-format json`), filtered by `ROSTER_LOG`. Traces are exported with OTLP over gRPC when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
-//! is set, configured by the standard variables (`OTEL_SERVICE_NAME`,
-//! default `roster`; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`;
+//! (`--log-format json`), filtered by `ROSTER_LOG`. Traces are exported
+//! with OTLP over gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, configured by the
+//! standard variables (`OTEL_SERVICE_NAME`, default `roster`;
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`;
 //! `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_SDK_DISABLED`), and off otherwise.
 //! Each call's span continues the caller's W3C `traceparent`, and its
 //! `trace_id` and `span_id` appear in JSON logs of that call.
