@@ -83,12 +83,36 @@ fn run_hash(run: &[char]) -> u64 {
 /// The index term of a run of characters on SQLite: `t` and six hex
 /// digits for a trigram, `g` and five for a six-run.
 fn term(run: &[char]) -> String {
+    let mut text = String::with_capacity(7);
+    push_term(&mut text, term_code(run));
+    text
+}
+
+/// A run's term ([`term`]) as a number, which sorts as the term's text
+/// does: six-runs' (`g`) below [`TRIGRAM_TERMS`], trigrams' from it.
+fn term_code(run: &[char]) -> u32 {
     let hash = run_hash(run);
-    if run.len() == GRAM {
-        format!("g{:05x}", hash & ((1 << GRAM_BITS) - 1))
+    let bits = if run.len() == GRAM {
+        hash & ((1 << GRAM_BITS) - 1)
     } else {
-        format!("t{:06x}", hash & ((1 << TRIGRAM_BITS) - 1))
-    }
+        TRIGRAM_TERMS | (hash & ((1 << TRIGRAM_BITS) - 1))
+    };
+    u32::try_from(bits).unwrap_or(u32::MAX)
+}
+
+/// Where trigrams' term codes ([`term_code`]) start, past every six-run's.
+const TRIGRAM_TERMS: u64 = 1 << TRIGRAM_BITS;
+
+/// Appends the text of the term `code` stands for ([`term_code`]).
+fn push_term(text: &mut String, code: u32) {
+    use std::fmt::Write as _;
+    let bits = u64::from(code);
+    // Writing into a `String` cannot fail.
+    let _ = if bits < TRIGRAM_TERMS {
+        write!(text, "g{bits:05x}")
+    } else {
+        write!(text, "t{:06x}", bits & ((1 << TRIGRAM_BITS) - 1))
+    };
 }
 
 /// The index key of a run of characters on PostgreSQL: the bits of its
@@ -130,14 +154,21 @@ fn each_run(search_text: &str, mut f: impl FnMut(&[char])) {
 }
 
 /// The terms SQLite's search index holds for a user's search text: those
-/// of each distinct trigram and six-run ([`each_run`]), separated by
-/// spaces.
+/// of each distinct trigram and six-run ([`each_run`]), in the order of
+/// their text, separated by spaces.
 pub fn index_terms(search_text: &str) -> String {
-    let mut terms = std::collections::BTreeSet::new();
-    each_run(search_text, |run| {
-        terms.insert(term(run));
-    });
-    terms.into_iter().collect::<Vec<_>>().join(" ")
+    let mut codes = Vec::with_capacity(search_text.len() * 2);
+    each_run(search_text, |run| codes.push(term_code(run)));
+    codes.sort_unstable();
+    codes.dedup();
+    let mut terms = String::with_capacity(codes.len() * 8);
+    for (i, &code) in codes.iter().enumerate() {
+        if i > 0 {
+            terms.push(' ');
+        }
+        push_term(&mut terms, code);
+    }
+    terms
 }
 
 /// The keys PostgreSQL's search index holds for a user's search text
@@ -337,6 +368,33 @@ impl SearchStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each distinct term of the text, in the order of their text: what
+    /// the index held for every user written so far, and must keep
+    /// holding.
+    #[test]
+    fn index_terms_are_each_runs_term_sorted_as_text() {
+        for text in [
+            "user_01jab\nada\nlovelace\nada@example.com\n+4915100000001",
+            "abc",
+            "zoë@x",
+            "ab",
+            "",
+        ] {
+            let mut expected = std::collections::BTreeSet::new();
+            each_run(text, |run| {
+                expected.insert(term(run));
+            });
+            let expected: Vec<String> = expected.into_iter().collect();
+            assert_eq!(index_terms(text), expected.join(" "), "{text}");
+        }
+        // The terms' text, as written since the index began.
+        let abc: Vec<char> = "abc".chars().collect();
+        assert_eq!(term(&abc), format!("t{:06x}", fnv1a(b"abc") & 0xff_ffff));
+        let six: Vec<char> = "abcdef".chars().collect();
+        assert_eq!(term(&six), format!("g{:05x}", fnv1a(b"abcdef") & 0xf_ffff));
+        assert!(index_terms("abcdef").starts_with('g'));
+    }
 
     #[test]
     fn a_run_hashes_as_its_text() {
