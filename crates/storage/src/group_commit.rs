@@ -162,8 +162,7 @@ impl GroupCommit {
                     let db = db.clone();
                     let alone = Arc::clone(&self.alone);
                     tokio::spawn(async move {
-                        let count = commit_together(&db, batch).await;
-                        alone.fetch_add(count as u64, Relaxed);
+                        commit_together(&db, batch, &alone).await;
                         drop(turn);
                     });
                 }
@@ -178,10 +177,11 @@ fn unanswered() -> StorageError {
 }
 
 /// Inserts `batch` together, as its backend does (see the module
-/// documentation), and answers each insert once it is committed; returns
-/// how many ran again alone.
+/// documentation), and answers each insert once it is committed; adds to
+/// `alone` how many run again alone, before any of them is answered, so
+/// that a caller who has its answer sees them counted.
 #[tracing::instrument(name = "store.insert_users_together", skip_all, fields(count = batch.len()))]
-async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
+async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>, alone: &AtomicU64) {
     // A caller that went away before its turn needs no insert.
     let batch: Vec<Waiting> = batch
         .into_iter()
@@ -190,8 +190,8 @@ async fn commit_together<D: SqlDatabase>(db: &D, batch: Vec<Waiting>) -> usize {
     // Two inserts naming one identifier settle it one after the other.
     let together = batch.len() > 1 && !shares_identifier(&batch);
     match db.dialect() {
-        Dialect::Sqlite => commit_in_one_transaction(db, batch, together).await,
-        Dialect::Postgres => insert_in_one_statement(db, batch, together).await,
+        Dialect::Sqlite => commit_in_one_transaction(db, batch, together, alone).await,
+        Dialect::Postgres => insert_in_one_statement(db, batch, together, alone).await,
     }
 }
 
@@ -209,18 +209,19 @@ fn answer_inserted(batch: Vec<Waiting>) {
 }
 
 /// PostgreSQL: `batch` in one statement when it may go `together`, or,
-/// when that inserts nothing or is refused, each insert alone; returns
-/// how many ran alone, of a group of several.
+/// when that inserts nothing or is refused, each insert alone; counts in
+/// `alone` how many ran alone, of a group of several.
 async fn insert_in_one_statement<D: SqlDatabase>(
     db: &D,
     batch: Vec<Waiting>,
     together: bool,
-) -> usize {
+    alone: &AtomicU64,
+) {
     if together {
         match insert_all_unless_held(db, &records(&batch)).await {
             Ok(true) => {
                 answer_inserted(batch);
-                return 0;
+                return;
             }
             // Another user holds an identifier, or one insert was
             // refused (a username taken) or lost a race: alone, each
@@ -230,16 +231,23 @@ async fn insert_in_one_statement<D: SqlDatabase>(
             // each insert alone too.
             Err(error) => {
                 answer_all(batch, &error);
-                return 0;
+                return;
             }
         }
     }
-    let alone = if batch.len() > 1 { batch.len() } else { 0 };
+    count_alone(alone, &batch);
     for waiting in batch {
         let outcome = insert_alone(db, &waiting.record).await;
         let _ = waiting.answer.send(outcome);
     }
-    alone
+}
+
+/// Counts in `alone` the inserts of `batch` that run alone, when it is a
+/// group of several.
+fn count_alone(alone: &AtomicU64, batch: &[Waiting]) {
+    if batch.len() > 1 {
+        alone.fetch_add(batch.len() as u64, Relaxed);
+    }
 }
 
 /// Whether two inserts of `batch` name the same email address or phone
@@ -266,17 +274,18 @@ const GROUP_SAVEPOINT: &str = "new_users";
 /// SQLite: `batch` in one write transaction: all of it in one call when
 /// it may go `together`, or, when another user holds an identifier of
 /// its users or a row is refused, each insert in a savepoint of its own;
-/// returns how many ran alone, of a group of several.
+/// counts in `alone` how many ran alone, of a group of several.
 async fn commit_in_one_transaction<D: SqlDatabase>(
     db: &D,
     batch: Vec<Waiting>,
     together: bool,
-) -> usize {
+    alone: &AtomicU64,
+) {
     let mut tx = match db.begin_write().await {
         Ok(tx) => tx,
         Err(error) => {
             answer_all(batch, &error);
-            return 0;
+            return;
         }
     };
     if together {
@@ -286,20 +295,19 @@ async fn commit_in_one_transaction<D: SqlDatabase>(
                     Ok(()) => answer_inserted(batch),
                     Err(error) => answer_all(batch, &error),
                 }
-                return 0;
+                return;
             }
             // Held by another user, or refused: nothing of it remains,
             // and each insert runs in a savepoint of its own below.
             Ok(false) => {}
             Err(error) => {
                 answer_all(batch, &error);
-                return 0;
+                return;
             }
         }
     }
-    let alone = if batch.len() > 1 { batch.len() } else { 0 };
+    count_alone(alone, &batch);
     insert_each_in_savepoints(tx, batch).await;
-    alone
 }
 
 /// SQLite: `batch` in the open write transaction `tx`, each insert in a
