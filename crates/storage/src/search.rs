@@ -245,11 +245,14 @@ pub fn index_keys(search_text: &str) -> Vec<i32> {
 /// trigrams [`TrigramSample::rarest`] picked: a query shorter than
 /// [`RUN_QUERY`] is looked up by those trigrams; a longer one by six-runs
 /// the index holds of it ([`held_runs`]), each holding as many of the
-/// picked trigrams as one of them can, the rarest first, and by at least
-/// two when it holds two. A run is held by no more users than any of its
-/// trigrams, and a run of rare trigrams by few. A query holding a single
-/// run is looked up by it and the rarest picked trigram outside it too:
-/// a run's key is shared, by hashing, with about 150 others at a million
+/// picked trigrams as one of them can, the rarest first, and by a second
+/// when another holds a picked trigram (when none does, by the run
+/// nearest the rarest). A run is held by no more users than any of its
+/// trigrams, and a run of rare trigrams by few; a run of none of them can
+/// be held by every other user, and reading its posting list would cost
+/// more than it narrows. Looked up by a single run, a
+/// query is looked up by the rarest picked trigram outside it too: a
+/// run's key is shared, by hashing, with about 150 others at a million
 /// users, and the two together make the users holding both by chance few.
 /// Empty when nothing was picked.
 fn match_runs(query: &str, picked: &[String]) -> Vec<Vec<char>> {
@@ -279,13 +282,27 @@ fn match_runs(query: &str, picked: &[String]) -> Vec<Vec<char>> {
             .max_by_key(|&s| (at.iter().filter(|&&q| covers(s, q)).count(), usize::MAX - s));
         starts.extend(best);
     }
-    for &s in &held {
-        if starts.len() >= 2 {
-            break;
-        }
-        if !starts.contains(&s) {
-            starts.push(s);
-        }
+    // No held run holds a picked trigram: the one nearest the rarest.
+    if starts.is_empty()
+        && let Some(&rarest) = at.first()
+    {
+        let apart = |s: usize| s.saturating_sub(rarest) + rarest.saturating_sub(s + GRAM - 3);
+        starts.extend(held.iter().copied().min_by_key(|&s| (apart(s), s)));
+    }
+    // A second run narrows what hashing shares, but only one holding a
+    // picked trigram is worth it: the others are of the query's common
+    // part (`seed00`), held by every other user.
+    if starts.len() == 1 {
+        let second = held
+            .iter()
+            .copied()
+            .filter(|s| !starts.contains(s))
+            .filter_map(|s| {
+                let rarest = at.iter().position(|&p| covers(s, p))?;
+                Some((rarest, usize::MAX - s, s))
+            })
+            .min();
+        starts.extend(second.map(|(_, _, s)| s));
     }
     let mut runs: Vec<Vec<char>> = starts
         .iter()
@@ -590,9 +607,19 @@ mod tests {
             .map(|&s| query[s..s + GRAM].to_vec())
             .collect();
         let runs = match_runs("seed0001234", &picked);
-        assert!((2..=MAX_GRAMS).contains(&runs.len()), "{runs:?}");
+        assert!((1..=MAX_GRAMS).contains(&runs.len()), "{runs:?}");
         for run in &runs {
-            assert!(query_held.contains(run), "{run:?} of {query_held:?}");
+            if run.len() == GRAM {
+                assert!(query_held.contains(run), "{run:?} of {query_held:?}");
+            }
+            // Every key looked up holds a picked trigram: none is of the
+            // common prefix.
+            assert!(
+                picked
+                    .iter()
+                    .any(|t| run.windows(3).any(|w| w.iter().copied().eq(t.chars()))),
+                "{run:?}"
+            );
         }
         let covering: Vec<&Vec<char>> = query_held
             .iter()
