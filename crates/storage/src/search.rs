@@ -250,10 +250,10 @@ pub fn index_keys(search_text: &str) -> Vec<i32> {
 /// nearest the rarest). A run is held by no more users than any of its
 /// trigrams, and a run of rare trigrams by few; a run of none of them can
 /// be held by every other user, and reading its posting list would cost
-/// more than it narrows. Looked up by a single run, a
-/// query is looked up by the rarest picked trigram outside it too: a
-/// run's key is shared, by hashing, with about 150 others at a million
-/// users, and the two together make the users holding both by chance few.
+/// more than it narrows. Looked up by a single run, a query is looked up
+/// by the rarest picked trigram outside it too: a run's key is shared, by
+/// hashing, with about 150 others at a million users, and the two
+/// together make the users holding both by chance few.
 /// Empty when nothing was picked.
 fn match_runs(query: &str, picked: &[String]) -> Vec<Vec<char>> {
     let chars: Vec<char> = query.chars().collect();
