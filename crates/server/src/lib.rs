@@ -197,10 +197,74 @@ pub fn transport(options: &ServeOptions) -> Server {
 /// TCP_NODELAY, so a response's last segment is not held back waiting for
 /// an acknowledgement (Nagle's algorithm against delayed ACKs costs 40 ms a
 /// call), and TCP keepalive, so dead peers are noticed.
-pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<Connection>> + Send + 'static {
+    use futures::TryStreamExt as _;
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_mins(1)))
+        .map_ok(Connection)
+}
+
+/// An accepted TCP connection that takes one buffer per write.
+///
+/// HTTP/2 (h2) copies a DATA frame's payload into its write buffer up to a
+/// threshold and chains a larger one to it; once a payload is chained, it
+/// writes before it buffers another frame. The threshold is 256 bytes on a
+/// connection that takes vectored writes, 1 024 on one that does not. An
+/// answer with one user is 300 to 1 000 bytes: chained, it went out in two
+/// writes, the headers and message and then the trailers. Copied, a whole
+/// answer goes out in one write, together with any others ready. A payload
+/// over 1 024 bytes (a page of users) is written as the buffer and then
+/// the payload, two writes where a vectored one would do.
+#[derive(Debug)]
+pub struct Connection(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` completes, then
@@ -355,4 +419,45 @@ pub async fn run(
     mirror.abort();
     tracing::info!("drained; server stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "tests: a failed unwrap is a failed test"
+    )]
+
+    use futures::StreamExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tonic::transport::server::Connected as _;
+
+    #[tokio::test]
+    async fn accepted_connections_write_whole_buffers_and_know_both_ends() {
+        let listener = super::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = std::pin::pin!(super::incoming(listener));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut conn = accepted.next().await.unwrap().unwrap();
+
+        // h2 copies payloads of up to 1 024 bytes into its buffer only
+        // when the connection does not take vectored writes.
+        assert!(!tokio::io::AsyncWrite::is_write_vectored(&conn));
+        assert!(conn.0.nodelay().unwrap());
+        let info = conn.connect_info();
+        assert_eq!(info.local_addr(), Some(addr));
+        assert_eq!(info.remote_addr(), Some(client.local_addr().unwrap()));
+
+        conn.write_all(b"answer").await.unwrap();
+        conn.flush().await.unwrap();
+        let mut read = [0; 6];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"answer");
+        client.write_all(b"call").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"call");
+        conn.shutdown().await.unwrap();
+    }
 }
