@@ -213,11 +213,11 @@ pub fn incoming(
 /// threshold and chains a larger one to it; once a payload is chained, it
 /// writes before it buffers another frame. The threshold is 256 bytes on a
 /// connection that takes vectored writes, 1 024 on one that does not. An
-/// answer with one user is 300 to 1 000 bytes: chained, it went out in two
-/// writes, the headers and message and then the trailers. Copied, a whole
-/// answer goes out in one write, together with any others ready. A payload
-/// over 1 024 bytes (a page of users) is written as the buffer and then
-/// the payload, two writes where a vectored one would do.
+/// answer with one user is 300 to 1 000 bytes: chained, it would go out in
+/// two writes, the headers and message and then the trailers. Copied, a
+/// whole answer goes out in one write, together with any others ready. A
+/// payload over 1 024 bytes (a page of users) is written as the buffer and
+/// then the payload, two writes where a vectored one would do.
 #[derive(Debug)]
 pub struct Connection(tokio::net::TcpStream);
 

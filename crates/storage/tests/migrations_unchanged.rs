@@ -62,11 +62,7 @@ fn landed_migrations_are_unchanged_and_each_is_listed() {
     assert_eq!(on_disk, listed, "a new migration adds its line to LANDED");
     for (file, pinned) in LANDED {
         let digest = Sha384::digest(std::fs::read(root.join(file)).unwrap());
-        let hex = digest[..8].iter().fold(String::new(), |mut hex, b| {
-            use std::fmt::Write as _;
-            let _ = write!(hex, "{b:02x}");
-            hex
-        });
+        let hex = hex::encode(&digest[..8]);
         assert_eq!(
             &hex, pinned,
             "{file} was edited after it landed: databases it migrated would refuse to start"
