@@ -737,4 +737,29 @@ mod tests {
         assert!(worth_merging(&pages));
         assert!(!worth_merging(&[]));
     }
+
+    /// `.cargo/config.toml` sets the bundled SQLite's build options:
+    /// without them every page a read touches would take a process-wide
+    /// mutex, and every allocation another.
+    #[test]
+    fn the_bundled_sqlite_gives_each_connection_its_own_page_cache() {
+        let options: Vec<String> = {
+            let conn = rusqlite::Connection::open_in_memory().unwrap();
+            let mut statement = conn.prepare("PRAGMA compile_options").unwrap();
+            statement
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(options.iter().any(|o| o == "ENABLE_FTS5"), "{options:?}");
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
 }

@@ -8,6 +8,8 @@ use roster_domain::{
     UserId, UserRecord, Username, Verification, VerificationStatus, VerificationStrategy,
 };
 
+use std::borrow::Cow;
+
 use crate::StorageError;
 use crate::sql::{Bind, Dialect};
 
@@ -68,15 +70,16 @@ pub struct PhoneRow {
     pub updated_at: i64,
 }
 
-/// The verification columns shared by both identifier tables.
+/// The verification columns shared by both identifier tables; their texts
+/// owned (`String`), or borrowed from the JSON a user was read with.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct VerificationColumns {
-    pub status: String,
-    pub strategy: Option<String>,
+pub struct VerificationColumns<S = String> {
+    pub status: S,
+    pub strategy: Option<S>,
     pub attempts: i64,
     pub expire_at: Option<i64>,
     /// Keyed hash of the outstanding code.
-    pub code_hash: Option<String>,
+    pub code_hash: Option<S>,
     /// When the outstanding code was sent.
     pub sent_at: Option<i64>,
     /// Start of the window the identifier's code sends count in.
@@ -129,30 +132,6 @@ impl VerificationColumns {
         }
     }
 
-    pub(crate) fn to_domain(&self) -> Result<Verification, StorageError> {
-        Ok(Verification {
-            status: VerificationStatus::from_name(&self.status)
-                .ok_or_else(|| corrupt("verification status", &self.status))?,
-            strategy: match &self.strategy {
-                None => None,
-                Some(s) => Some(
-                    VerificationStrategy::from_name(s)
-                        .ok_or_else(|| corrupt("verification strategy", s))?,
-                ),
-            },
-            attempts: u32::try_from(self.attempts).unwrap_or(0),
-            expire_at: self.expire_at.map(Timestamp::from_millis),
-            code: match (&self.code_hash, self.sent_at) {
-                (Some(hash), Some(sent_at)) => Some(PendingCode {
-                    hash: CodeHash::from_stored(hash.clone()),
-                    sent_at: Timestamp::from_millis(sent_at),
-                }),
-                _ => None,
-            },
-            sends: send_window(self.window_start, self.window_sends),
-        })
-    }
-
     fn binds(&self) -> [Bind; VERIFICATION_COLUMN_COUNT] {
         [
             Bind::Text(self.status.clone()),
@@ -164,6 +143,33 @@ impl VerificationColumns {
             Bind::Int(self.window_start),
             Bind::Int(self.window_sends),
         ]
+    }
+}
+
+impl<S: AsRef<str>> VerificationColumns<S> {
+    pub(crate) fn to_domain(&self) -> Result<Verification, StorageError> {
+        let status = self.status.as_ref();
+        Ok(Verification {
+            status: VerificationStatus::from_name(status)
+                .ok_or_else(|| corrupt("verification status", status))?,
+            strategy: match &self.strategy {
+                None => None,
+                Some(s) => Some(
+                    VerificationStrategy::from_name(s.as_ref())
+                        .ok_or_else(|| corrupt("verification strategy", s.as_ref()))?,
+                ),
+            },
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            expire_at: self.expire_at.map(Timestamp::from_millis),
+            code: match (&self.code_hash, self.sent_at) {
+                (Some(hash), Some(sent_at)) => Some(PendingCode {
+                    hash: CodeHash::from_stored(hash.as_ref().to_owned()),
+                    sent_at: Timestamp::from_millis(sent_at),
+                }),
+                _ => None,
+            },
+            sends: send_window(self.window_start, self.window_sends),
+        })
     }
 }
 
@@ -264,14 +270,12 @@ impl UserRow {
         binds
     }
 
-    /// Joins the row with its identifiers (any order) into a record.
-    pub fn into_record(
+    /// Joins the row with its identifiers, oldest first, into a record.
+    fn into_record(
         self,
-        mut emails: Vec<EmailRow>,
-        mut phones: Vec<PhoneRow>,
+        email_addresses: Vec<EmailAddress>,
+        phone_numbers: Vec<PhoneNumber>,
     ) -> Result<UserRecord, StorageError> {
-        emails.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        phones.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let name = |text: &str| Name::parse(text).map_err(|_| corrupt("name", text));
         let user = User {
             id: UserId::parse(&self.id).map_err(|_| corrupt("user id", &self.id))?,
@@ -294,14 +298,8 @@ impl UserRow {
                 .as_deref()
                 .map(identification_id)
                 .transpose()?,
-            email_addresses: emails
-                .iter()
-                .map(EmailRow::to_domain)
-                .collect::<Result<_, _>>()?,
-            phone_numbers: phones
-                .iter()
-                .map(PhoneRow::to_domain)
-                .collect::<Result<_, _>>()?,
+            email_addresses,
+            phone_numbers,
             password_enabled: self.password_hash.is_some(),
             public_metadata: metadata(&self.public_metadata)?,
             private_metadata: metadata(&self.private_metadata)?,
@@ -341,17 +339,6 @@ impl EmailRow {
         }
     }
 
-    fn to_domain(&self) -> Result<EmailAddress, StorageError> {
-        Ok(EmailAddress {
-            id: identification_id(&self.id)?,
-            email: Email::from_stored(&self.email_address)
-                .ok_or_else(|| corrupt("email address", &self.email_address))?,
-            verification: self.verification.to_domain()?,
-            created_at: Timestamp::from_millis(self.created_at),
-            updated_at: Timestamp::from_millis(self.updated_at),
-        })
-    }
-
     /// Values for [`crate::sql::EMAIL_WRITE_COLUMNS`], in order.
     pub fn binds(&self) -> Vec<Bind> {
         let mut binds = vec![
@@ -378,19 +365,6 @@ impl PhoneRow {
             created_at: p.created_at.as_millis(),
             updated_at: p.updated_at.as_millis(),
         }
-    }
-
-    fn to_domain(&self) -> Result<PhoneNumber, StorageError> {
-        Ok(PhoneNumber {
-            id: identification_id(&self.id)?,
-            phone: Phone::from_stored(&self.phone_number)
-                .ok_or_else(|| corrupt("phone number", &self.phone_number))?,
-            verification: self.verification.to_domain()?,
-            reserved_for_second_factor: self.reserved_for_second_factor,
-            default_second_factor: self.default_second_factor,
-            created_at: Timestamp::from_millis(self.created_at),
-            updated_at: Timestamp::from_millis(self.updated_at),
-        })
     }
 
     /// Values for [`crate::sql::PHONE_WRITE_COLUMNS`], in order.
@@ -516,14 +490,60 @@ pub struct StoredUser {
 /// One element of [`StoredUser::emails`], as [`email_rows`] writes it:
 /// id, address, verification (an array in [`VerificationColumns`] order),
 /// created, updated.
+///
+/// Its texts are borrowed from the JSON (the id and address where they
+/// hold no escapes; the verification's status, strategy and hex code hash
+/// never need any): the domain values copy them once, as they check them.
 #[derive(serde::Deserialize)]
-struct EmailJson(String, String, VerificationColumns, i64, i64);
+struct EmailJson<'a>(
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] VerificationColumns<&'a str>,
+    i64,
+    i64,
+);
+
+impl EmailJson<'_> {
+    fn to_domain(&self) -> Result<EmailAddress, StorageError> {
+        let Self(id, email, verification, created_at, updated_at) = self;
+        Ok(EmailAddress {
+            id: identification_id(id)?,
+            email: Email::from_stored(email).ok_or_else(|| corrupt("email address", email))?,
+            verification: verification.to_domain()?,
+            created_at: Timestamp::from_millis(*created_at),
+            updated_at: Timestamp::from_millis(*updated_at),
+        })
+    }
+}
 
 /// One element of [`StoredUser::phones`], as [`phone_rows`] writes it:
 /// id, number, verification, the two second-factor flags, created,
 /// updated.
 #[derive(serde::Deserialize)]
-struct PhoneJson(String, String, VerificationColumns, Flag, Flag, i64, i64);
+struct PhoneJson<'a>(
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] VerificationColumns<&'a str>,
+    Flag,
+    Flag,
+    i64,
+    i64,
+);
+
+impl PhoneJson<'_> {
+    fn to_domain(&self) -> Result<PhoneNumber, StorageError> {
+        let Self(id, phone, verification, reserved, default, created_at, updated_at) = self;
+        Ok(PhoneNumber {
+            id: identification_id(id)?,
+            phone: Phone::from_stored(phone).ok_or_else(|| corrupt("phone number", phone))?,
+            verification: verification.to_domain()?,
+            reserved_for_second_factor: reserved.get(),
+            default_second_factor: default.get(),
+            created_at: Timestamp::from_millis(*created_at),
+            updated_at: Timestamp::from_millis(*updated_at),
+        })
+    }
+}
 
 /// A boolean column in JSON: `true` as the store writes it, or `1` as
 /// SQLite's JSON functions gather it (`migrations/sqlite/0011`, and reads
@@ -564,42 +584,86 @@ impl Flag {
 impl StoredUser {
     /// The user with its identifiers and credentials.
     pub fn into_record(self) -> Result<UserRecord, StorageError> {
-        let user_id = &self.row.id;
-        let emails: Vec<EmailJson> =
+        let mut emails: Vec<EmailJson<'_>> =
             serde_json::from_str(&self.emails).map_err(|e| invalid_json("email rows", &e))?;
-        let phones: Vec<PhoneJson> =
+        let mut phones: Vec<PhoneJson<'_>> =
             serde_json::from_str(&self.phones).map_err(|e| invalid_json("phone rows", &e))?;
+        // Oldest first; the arrays come in no order.
+        emails.sort_by(|a, b| (a.3, &a.0).cmp(&(b.3, &b.0)));
+        phones.sort_by(|a, b| (a.5, &a.0).cmp(&(b.5, &b.0)));
         let emails = emails
-            .into_iter()
-            .map(|e| EmailRow {
-                id: e.0,
-                user_id: user_id.clone(),
-                email_address: e.1,
-                verification: e.2,
-                created_at: e.3,
-                updated_at: e.4,
-            })
-            .collect();
+            .iter()
+            .map(EmailJson::to_domain)
+            .collect::<Result<_, _>>()?;
         let phones = phones
-            .into_iter()
-            .map(|p| PhoneRow {
-                id: p.0,
-                user_id: user_id.clone(),
-                phone_number: p.1,
-                verification: p.2,
-                reserved_for_second_factor: p.3.get(),
-                default_second_factor: p.4.get(),
-                created_at: p.5,
-                updated_at: p.6,
-            })
-            .collect();
+            .iter()
+            .map(PhoneJson::to_domain)
+            .collect::<Result<_, _>>()?;
         self.row.into_record(emails, phones)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Flag;
+    use super::{Flag, StoredUser, UserRow, email_rows, phone_rows};
+    use crate::sql::Bind;
+    use roster_domain::{Email, NewIdentifiers, NewUser, Phone, Timestamp, User, UserRecord};
+
+    fn text(bind: Bind) -> String {
+        match bind {
+            Bind::Text(text) => text,
+            other => panic!("not a text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn identifiers_read_back_in_order_whether_their_texts_are_escaped_or_not() {
+        let user = User::create(
+            NewUser {
+                identifiers: NewIdentifiers {
+                    emails: vec![
+                        Email::parse("a@example.com").unwrap(),
+                        Email::parse("b@example.com").unwrap(),
+                    ],
+                    phones: vec![
+                        Phone::parse("+14155550101").unwrap(),
+                        Phone::parse("+14155550102").unwrap(),
+                    ],
+                    verified: true,
+                },
+                ..NewUser::default()
+            },
+            Timestamp::from_millis(1_700_000_000_000),
+        )
+        .unwrap();
+        let record = UserRecord::new(user.clone(), None);
+        let (emails, phones) = (text(email_rows(&user)), text(phone_rows(&user)));
+        let reversed = |json: &str| {
+            let mut rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+            rows.reverse();
+            serde_json::to_string(&rows).unwrap()
+        };
+        let stored = |emails: String, phones: String| StoredUser {
+            row: UserRow::from_record(&record),
+            emails,
+            phones,
+        };
+        // As written; in reverse order; with texts that must be unescaped.
+        let escaped = reversed(&emails).replace("b@example", "b\\u0040example");
+        assert!(escaped.contains("\\u0040"), "{escaped}");
+        for (emails, phones) in [
+            (emails.clone(), phones.clone()),
+            (reversed(&emails), reversed(&phones)),
+            (escaped, phones.replace("+1415", "\\u002B1415")),
+        ] {
+            let read = stored(emails, phones).into_record().unwrap();
+            assert_eq!(read.user, user);
+        }
+        // A verification status no store writes is refused, not guessed.
+        let unknown = emails.replace("\"verified\"", "\"verif\\u0069ed\"");
+        assert_ne!(unknown, emails);
+        assert!(stored(unknown, phones).into_record().is_err());
+    }
 
     #[test]
     fn flags_read_as_booleans_or_integers() {
