@@ -450,7 +450,9 @@ const WAL_SIZE_LIMIT: &str = "67108864";
 /// the index of search terms of 10 000 users and the pages around it stay
 /// in one connection's cache. Each connection keeps a cache of its own
 /// (see `.cargo/config.toml`); the read-only connections that read by
-/// key keep the default, which every commit empties anyway.
+/// key keep the default: SQLite empties a connection's cache whenever
+/// another connection has committed since its last read, and those never
+/// write.
 const SCAN_CACHE: &str = "-4096";
 
 /// Copies the write-ahead log back into the database file every
