@@ -4,6 +4,9 @@
 #                    ROSTER_TEST_POSTGRES_URL (an admin URL)
 #   stop_postgres    stops it and removes its files
 #
+# ROSTER_TEST_POSTGRES_SHARED_BUFFERS sets the cluster's shared_buffers
+# (default 1GB).
+#
 # PostgreSQL refuses to run as root, so as root the server runs as the
 # `postgres` user. Fails with a clear message when PostgreSQL is missing.
 
@@ -34,7 +37,7 @@ start_postgres() {
   as_postgres "$bindir/initdb -D $PG_DIR/data -U postgres --auth=trust -N -E UTF8 --no-locale >$PG_DIR/initdb.log 2>&1" \
     || { cat "$PG_DIR/initdb.log" >&2; return 1; }
   as_postgres "$bindir/pg_ctl -D $PG_DIR/data -l $PG_DIR/postgres.log -w -t 60 \
-    -o '-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=1GB' start >/dev/null" \
+    -o '-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=${ROSTER_TEST_POSTGRES_SHARED_BUFFERS:-1GB}' start >/dev/null" \
     || { cat "$PG_DIR/postgres.log" >&2; return 1; }
   PG_BINDIR=$bindir
   export ROSTER_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
