@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use roster_proto::v1::email_address_service_client::EmailAddressServiceClient;
-use roster_proto::v1::user_service_client::UserServiceClient;
 use roster_proto::v1::{
     CreateEmailAddressRequest, CreateUserRequest, GetUserRequest, ListUsersRequest,
     UpdateUserMetadataRequest, UserFilter,
@@ -17,6 +15,7 @@ use roster_proto::v1::{
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::answers::{Calls, OneUser};
 use crate::procfs;
 
 /// What the workers call.
@@ -118,6 +117,9 @@ pub struct Report {
     pub requests: u64,
     pub seconds: f64,
     pub requests_per_second: f64,
+    /// Each turn's, when the server took the load in turns with others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requests_per_second_by_turn: Vec<f64>,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -126,6 +128,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Server CPU time over the measured window.
     pub server_cpu_seconds: Option<f64>,
+    /// The load generator's own CPU time over the measured window: on a
+    /// machine the two share, what it takes per call is not the server's.
+    pub load_generator_cpu_seconds: Option<f64>,
     pub server_rss_start_mb: Option<f64>,
     pub server_rss_peak_mb: Option<f64>,
     pub server_rss_end_mb: Option<f64>,
@@ -148,8 +153,7 @@ impl XorShift {
 }
 
 struct Worker {
-    users: UserServiceClient<Channel>,
-    emails: EmailAddressServiceClient<Channel>,
+    calls: Calls,
     target: Target,
     random: XorShift,
     id: usize,
@@ -176,51 +180,45 @@ impl Worker {
         self.target.ids[i].clone()
     }
 
-    /// One call; the error's code on failure.
-    async fn call(&mut self, scenario: Scenario) -> Result<(), tonic::Code> {
+    /// One call; why it failed on failure.
+    async fn call(&mut self, scenario: Scenario) -> Result<(), Failure> {
         self.sequence += 1;
-        let unique = format!(
-            "r{}{}w{}n{}",
-            self.target.run,
-            scenario.name().replace('_', ""),
-            self.id,
-            self.sequence
-        );
-        let result = match scenario {
-            Scenario::GetUser => {
-                let id = self.random_id();
-                self.users.get_user(GetUserRequest { id }).await.map(drop)
-            }
+        match scenario {
+            Scenario::GetUser => self.get_user().await,
             Scenario::CreateUser | Scenario::CreateUserWithPassword => {
+                let unique = self.unique(scenario);
                 let password = if scenario == Scenario::CreateUserWithPassword {
                     "correct horse battery staple".to_owned()
                 } else {
                     String::new()
                 };
-                self.users
+                let answer = self
+                    .calls
                     .create_user(CreateUserRequest {
-                        username: unique.clone(),
                         email_addresses: vec![format!("{unique}@bench.example")],
+                        username: unique,
                         first_name: "Bench".into(),
                         password,
                         ..Default::default()
                     })
-                    .await
-                    .map(drop)
+                    .await?;
+                check(answer.user.is_some_and(|u| !u.id.is_empty()))
             }
-            Scenario::ListUsers => self
-                .users
-                .list_users(ListUsersRequest {
-                    page_size: 20,
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
+            Scenario::ListUsers => {
+                let page = self
+                    .calls
+                    .list_users(ListUsersRequest {
+                        page_size: 20,
+                        ..Default::default()
+                    })
+                    .await?;
+                check(!page.users.is_empty())
+            }
             Scenario::ListUsersQuery => {
                 let i = self.random.below(self.target.queries.len());
                 let query = self.target.queries[i].clone();
                 let page = self
-                    .users
+                    .calls
                     .list_users(ListUsersRequest {
                         page_size: 20,
                         filter: Some(UserFilter {
@@ -229,54 +227,111 @@ impl Worker {
                         }),
                         ..Default::default()
                     })
-                    .await
-                    .map_err(|status| status.code())?
-                    .into_inner();
+                    .await?;
                 // A search that misses the user it names is counted as a
                 // failure (NOT_FOUND), not as a fast answer.
-                return if page.users.iter().any(|u| u.username == query) {
+                if page.users.iter().any(|u| u.username == query) {
                     Ok(())
                 } else {
-                    Err(tonic::Code::NotFound)
-                };
+                    Err(Failure::Status(tonic::Code::NotFound))
+                }
             }
             Scenario::UpdateUserMetadata => self.update_metadata().await,
             Scenario::CreateEmailAddress => {
+                let unique = self.unique(scenario);
                 let user_id = self.random_id();
-                self.emails
+                let answer = self
+                    .calls
                     .create_email_address(CreateEmailAddressRequest {
-                        user_id,
+                        user_id: user_id.clone(),
                         email_address: format!("{unique}@more.bench.example"),
                         verified: true,
                         primary: false,
                     })
-                    .await
-                    .map(drop)
+                    .await?;
+                check(answer.email_address.is_some_and(|e| e.user_id == user_id))
             }
             Scenario::Mixed => {
                 if self.random.below(10) == 0 {
                     self.update_metadata().await
                 } else {
-                    let id = self.random_id();
-                    self.users.get_user(GetUserRequest { id }).await.map(drop)
+                    self.get_user().await
                 }
             }
-        };
-        result.map_err(|status| status.code())
+        }
     }
 
-    async fn update_metadata(&mut self) -> Result<(), tonic::Status> {
+    /// A username no other call of any run uses.
+    fn unique(&self, scenario: Scenario) -> String {
+        format!(
+            "r{}{}w{}n{}",
+            self.target.run,
+            scenario.name().replace('_', ""),
+            self.id,
+            self.sequence
+        )
+    }
+
+    async fn get_user(&mut self) -> Result<(), Failure> {
+        let id = self.random_id();
+        let answer = self
+            .calls
+            .get_user(GetUserRequest { id: id.clone() })
+            .await?;
+        check(is_user(&answer, &id))
+    }
+
+    async fn update_metadata(&mut self) -> Result<(), Failure> {
         let user_id = self.random_id();
         let n = self.sequence;
-        self.users
+        let answer = self
+            .calls
             .update_user_metadata(UpdateUserMetadataRequest {
-                user_id,
+                user_id: user_id.clone(),
                 public_metadata: Some(metadata(n)),
                 ..Default::default()
             })
-            .await
-            .map(drop)
+            .await?;
+        check(is_user(&answer, &user_id))
     }
+}
+
+/// Why a call failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The server answered with this code.
+    Status(tonic::Code),
+    /// The server answered OK about something else than was asked (another
+    /// user, or none).
+    WrongAnswer,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(status.code())
+    }
+}
+
+impl Failure {
+    /// How the report counts it: gRPC codes by name (`NotFound`, …).
+    fn name(&self) -> String {
+        match self {
+            Self::Status(code) => format!("{code:?}"),
+            Self::WrongAnswer => "WrongAnswer".to_owned(),
+        }
+    }
+}
+
+fn check(right: bool) -> Result<(), Failure> {
+    if right {
+        Ok(())
+    } else {
+        Err(Failure::WrongAnswer)
+    }
+}
+
+fn is_user(answer: &OneUser, id: &str) -> bool {
+    answer.user.as_ref().is_some_and(|u| u.id == id)
 }
 
 /// Latencies in microseconds and errors by code, of one worker.
@@ -308,6 +363,99 @@ fn mb(bytes: u64) -> f64 {
 
 /// Runs `scenario` against `target` under `load`.
 pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
+    run_turn(target, scenario, load).await.report()
+}
+
+/// What one run measured, before it is summed up: [`Turn::merge`] joins
+/// the turns a server took with others into one run.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    scenario: Scenario,
+    concurrency: usize,
+    rate: Option<f64>,
+    /// Latencies of the successful calls, in microseconds, unsorted.
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+    seconds: f64,
+    server_cpu_seconds: Option<f64>,
+    load_generator_cpu_seconds: Option<f64>,
+    rss_start: Option<u64>,
+    rss_peak: Option<u64>,
+    rss_end: Option<u64>,
+    /// Calls per second of each turn merged into this one; empty for one turn.
+    rates: Vec<f64>,
+}
+
+impl Turn {
+    /// Calls answered per second.
+    pub fn requests_per_second(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "a rate")]
+        let calls = self.latencies_us.len() as f64;
+        if self.seconds > 0.0 {
+            calls / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The turns of one server as one run: their calls, errors, seconds
+    /// and CPU time added up, memory from the first turn's start to the
+    /// last one's end, its peak the highest. `None` for no turns.
+    pub fn merge(turns: Vec<Self>) -> Option<Self> {
+        let mut turns = turns.into_iter();
+        let mut merged = turns.next()?;
+        for turn in turns {
+            if merged.rates.is_empty() {
+                merged.rates.push(merged.requests_per_second());
+            }
+            merged.rates.push(turn.requests_per_second());
+            merged.latencies_us.extend(turn.latencies_us);
+            for (code, n) in turn.errors {
+                *merged.errors.entry(code).or_default() += n;
+            }
+            merged.seconds += turn.seconds;
+            merged.server_cpu_seconds = merged
+                .server_cpu_seconds
+                .zip(turn.server_cpu_seconds)
+                .map(|(a, b)| a + b);
+            merged.load_generator_cpu_seconds = merged
+                .load_generator_cpu_seconds
+                .zip(turn.load_generator_cpu_seconds)
+                .map(|(a, b)| a + b);
+            merged.rss_peak = merged.rss_peak.max(turn.rss_peak);
+            merged.rss_end = turn.rss_end;
+        }
+        Some(merged)
+    }
+
+    pub fn report(mut self) -> Report {
+        let requests_per_second = self.requests_per_second();
+        let latencies = &mut self.latencies_us;
+        latencies.sort_unstable();
+        Report {
+            scenario: self.scenario,
+            concurrency: self.concurrency,
+            target_rate: self.rate,
+            requests: u64::try_from(latencies.len()).unwrap_or(u64::MAX),
+            seconds: self.seconds,
+            requests_per_second,
+            requests_per_second_by_turn: self.rates,
+            p50_ms: percentile(latencies, 50.0),
+            p95_ms: percentile(latencies, 95.0),
+            p99_ms: percentile(latencies, 99.0),
+            max_ms: latencies.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+            errors: self.errors,
+            server_cpu_seconds: self.server_cpu_seconds,
+            load_generator_cpu_seconds: self.load_generator_cpu_seconds,
+            server_rss_start_mb: self.rss_start.map(mb),
+            server_rss_peak_mb: self.rss_peak.map(mb),
+            server_rss_end_mb: self.rss_end.map(mb),
+        }
+    }
+}
+
+/// Runs `scenario` against `target` under `load`: one turn.
+pub async fn run_turn(target: &Target, scenario: Scenario, load: &Load) -> Turn {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     // Measured calls so far, and the signal that the count was reached.
@@ -324,8 +472,7 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     for id in 0..load.concurrency {
         let channel = target.channels[id % target.channels.len()].clone();
         let mut worker = Worker {
-            users: UserServiceClient::new(channel.clone()),
-            emails: EmailAddressServiceClient::new(channel),
+            calls: Calls::new(channel),
             target: target.clone(),
             random: XorShift(
                 0x9E37_79B9_7F4A_7C15 ^ ((u64::try_from(id).unwrap_or(0) + 1) * 0x2545_F491),
@@ -369,8 +516,8 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
                                 u32::try_from(scheduled.elapsed().as_micros()).unwrap_or(u32::MAX);
                             tally.latencies_us.push(us);
                         }
-                        Err(code) => {
-                            *tally.errors.entry(format!("{code:?}")).or_default() += 1;
+                        Err(failure) => {
+                            *tally.errors.entry(failure.name()).or_default() += 1;
                         }
                     }
                 }
@@ -381,6 +528,7 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     tokio::time::sleep(load.warmup).await;
 
     let cpu_before = load.server_pid.and_then(procfs::cpu_time);
+    let own_cpu_before = procfs::cpu_time(std::process::id());
     let rss_start = load.server_pid.and_then(procfs::rss_bytes);
     let peak = Arc::new(AtomicU64::new(rss_start.unwrap_or(0)));
     measuring.store(true, Ordering::Relaxed);
@@ -412,6 +560,7 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
     stop.store(true, Ordering::Relaxed);
     let seconds = window.elapsed().as_secs_f64();
     let cpu_after = load.server_pid.and_then(procfs::cpu_time);
+    let own_cpu_after = procfs::cpu_time(std::process::id());
     let rss_end = load.server_pid.and_then(procfs::rss_bytes);
     if let Some(sampler) = sampler {
         let _ = sampler.await;
@@ -427,28 +576,23 @@ pub async fn run(target: &Target, scenario: Scenario, load: &Load) -> Report {
             }
         }
     }
-    latencies.sort_unstable();
-    let requests = u64::try_from(latencies.len()).unwrap_or(u64::MAX);
-    #[allow(clippy::cast_precision_loss, reason = "a rate")]
-    let requests_per_second = requests as f64 / seconds;
-    Report {
+    Turn {
         scenario,
         concurrency: load.concurrency,
-        target_rate: load.rate,
-        requests,
-        seconds,
-        requests_per_second,
-        p50_ms: percentile(&latencies, 50.0),
-        p95_ms: percentile(&latencies, 95.0),
-        p99_ms: percentile(&latencies, 99.0),
-        max_ms: latencies.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+        rate: load.rate,
+        latencies_us: latencies,
         errors,
+        seconds,
         server_cpu_seconds: cpu_before
             .zip(cpu_after)
             .map(|(a, b)| (b.saturating_sub(a)).as_secs_f64()),
-        server_rss_start_mb: rss_start.map(mb),
-        server_rss_peak_mb: load.server_pid.map(|_| mb(peak.load(Ordering::Relaxed))),
-        server_rss_end_mb: rss_end.map(mb),
+        load_generator_cpu_seconds: own_cpu_before
+            .zip(own_cpu_after)
+            .map(|(a, b)| (b.saturating_sub(a)).as_secs_f64()),
+        rss_start,
+        rss_peak: load.server_pid.map(|_| peak.load(Ordering::Relaxed)),
+        rss_end,
+        rates: Vec::new(),
     }
 }
 
@@ -495,6 +639,70 @@ mod tests {
         assert!(started.elapsed() < Duration::from_mins(1), "ended by count");
         let failed: u64 = report.errors.values().sum();
         assert_eq!(report.requests + failed, 500, "{report:?}");
+    }
+
+    #[test]
+    fn turns_merge_into_one_run() {
+        let turn = |latencies_us: Vec<u32>, seconds, cpu, (start, peak, end)| Turn {
+            scenario: Scenario::GetUser,
+            concurrency: 32,
+            rate: None,
+            latencies_us,
+            errors: [("Unavailable".to_owned(), 1)].into(),
+            seconds,
+            server_cpu_seconds: Some(cpu),
+            load_generator_cpu_seconds: Some(cpu * 2.0),
+            rss_start: Some(start),
+            rss_peak: Some(peak),
+            rss_end: Some(end),
+            rates: Vec::new(),
+        };
+        let mib = 1024 * 1024;
+        let report = Turn::merge(vec![
+            turn(
+                vec![3000, 1000, 4000],
+                1.0,
+                0.5,
+                (10 * mib, 30 * mib, 20 * mib),
+            ),
+            turn(vec![2000], 0.5, 0.25, (20 * mib, 25 * mib, 22 * mib)),
+        ])
+        .unwrap()
+        .report();
+        assert_eq!(report.requests, 4);
+        assert!((report.seconds - 1.5).abs() < 1e-9);
+        assert!((report.requests_per_second - 4.0 / 1.5).abs() < 1e-9);
+        assert_eq!(report.requests_per_second_by_turn, [3.0, 2.0]);
+        assert!((report.p50_ms - 3.0).abs() < 1e-9, "{report:?}");
+        assert!((report.max_ms - 4.0).abs() < 1e-9);
+        assert_eq!(report.errors["Unavailable"], 2);
+        assert_eq!(report.server_cpu_seconds, Some(0.75));
+        assert_eq!(report.load_generator_cpu_seconds, Some(1.5));
+        assert_eq!(report.server_rss_start_mb, Some(10.0));
+        assert_eq!(report.server_rss_peak_mb, Some(30.0));
+        assert_eq!(report.server_rss_end_mb, Some(22.0));
+        let one = Turn::merge(vec![turn(vec![1000], 1.0, 0.1, (1, 1, 1))]).unwrap();
+        assert!(one.report().requests_per_second_by_turn.is_empty());
+        assert!(Turn::merge(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn only_an_answer_about_the_user_asked_for_counts() {
+        let answer = |id: Option<&str>| OneUser {
+            user: id.map(|id| crate::answers::User {
+                id: id.to_owned(),
+                username: String::new(),
+            }),
+        };
+        assert!(is_user(&answer(Some("user_1")), "user_1"));
+        assert!(!is_user(&answer(Some("user_2")), "user_1"));
+        assert!(!is_user(&answer(None), "user_1"));
+        assert_eq!(check(false), Err(Failure::WrongAnswer));
+        assert_eq!(Failure::WrongAnswer.name(), "WrongAnswer");
+        assert_eq!(
+            Failure::from(tonic::Status::not_found("gone")).name(),
+            "NotFound"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   without seeding again.
 //! - `roster-bench baseline`: serves one baseline (the suite starts these).
 
+mod answers;
 mod baseline;
 mod load;
 mod procfs;

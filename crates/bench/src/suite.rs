@@ -1,7 +1,8 @@
 //! The whole benchmark in one run: on each backend, Roster (seeded with a
-//! dataset) under every scenario, a fresh process per scenario, then the
-//! baselines under the same load, on the same machine, one server at a
-//! time; every Roster figure is also given as a ratio to its baseline.
+//! dataset) under every scenario, a fresh process per scenario, and the
+//! baselines under the same load, on the same machine, taking the load in
+//! turns with the scenario they are compared with; every Roster figure is
+//! also given as a ratio to its baseline.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,12 @@ pub struct Settings {
     /// Seconds each scenario is measured.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Turns in which a scenario and the baselines it is compared with
+    /// take the load in rotation, each turn a share of `--seconds`, so
+    /// that the machine's speed, which drifts from second to second on a
+    /// shared host, is the same for all of them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub turns: u32,
     /// Calls each scenario is measured for, instead of for `--seconds`
     /// (or `--mixed-seconds`), which then bound it.
     #[arg(long)]
@@ -321,6 +328,22 @@ impl Settings {
         }
     }
 
+    /// Turn `turn` of `turns` of `scenario`: a share of its seconds (or
+    /// calls), warmed up before the first only.
+    fn turn(&self, scenario: Scenario, pid: Option<u32>, turn: u32, turns: u32) -> Load {
+        let whole = self.load(scenario, pid, None);
+        Load {
+            warmup: if turn == 0 {
+                whole.warmup
+            } else {
+                Duration::ZERO
+            },
+            duration: whole.duration / turns,
+            requests: whole.requests.map(|n| n.div_ceil(u64::from(turns))),
+            ..whole
+        }
+    }
+
     fn scenarios(&self) -> Vec<Scenario> {
         if self.scenarios.is_empty() {
             Scenario::ALL.to_vec()
@@ -331,35 +354,67 @@ impl Settings {
 }
 
 /// What a server's callers pick from: [`Target`] without the channels.
+#[derive(Clone)]
 struct Picks {
     ids: Arc<Vec<String>>,
     queries: Arc<Vec<String>>,
     run: u64,
 }
 
-/// Runs one server's scenarios, then stops it.
+/// A server of the suite with the scenario it is measured under.
+struct Contender {
+    server: Server,
+    name: &'static str,
+    scenario: Scenario,
+    picks: Picks,
+    /// Its database, dropped after it (a baseline's).
+    database: Option<String>,
+}
+
+/// Measures the contenders, in rotation when there are several (see
+/// [`Settings::turns`]), then stops them.
 async fn measure(
     settings: &Settings,
-    mut server: Server,
-    picks: &Picks,
-    scenarios: &[Scenario],
+    mut contenders: Vec<Contender>,
     backend: Option<Backend>,
-    name: &'static str,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    let target = Target {
-        channels: server.channels(settings.connections).await?,
-        ids: picks.ids.clone(),
-        queries: picks.queries.clone(),
-        run: picks.run,
+    let mut targets = Vec::new();
+    for c in &mut contenders {
+        targets.push(Target {
+            channels: c.server.channels(settings.connections).await?,
+            ids: c.picks.ids.clone(),
+            queries: c.picks.queries.clone(),
+            run: c.picks.run,
+        });
+    }
+    let turns = if contenders.len() > 1 {
+        settings.turns
+    } else {
+        1
     };
-    for &scenario in scenarios {
-        let report = load::run(
-            &target,
-            scenario,
-            &settings.load(scenario, server.pid(), None),
-        )
-        .await;
+    let mut taken: Vec<Vec<load::Turn>> = contenders.iter().map(|_| Vec::new()).collect();
+    for turn in 0..turns {
+        for ((c, target), taken) in contenders.iter().zip(&targets).zip(&mut taken) {
+            let load = settings.turn(c.scenario, c.server.pid(), turn, turns);
+            let measured = load::run_turn(target, c.scenario, &load).await;
+            if turns > 1 {
+                eprintln!(
+                    "    {} {} turn {}: {:.0} req/s",
+                    c.name,
+                    c.scenario.name(),
+                    turn + 1,
+                    measured.requests_per_second()
+                );
+            }
+            taken.push(measured);
+        }
+    }
+    for ((c, target), taken) in contenders.iter().zip(&targets).zip(taken) {
+        let Some(report) = load::Turn::merge(taken).map(load::Turn::report) else {
+            continue;
+        };
+        let (name, scenario) = (c.name, c.scenario);
         print_report(&format!("{name} {}", scenario.name()), &report);
         let half = (name == "roster"
             && matches!(scenario, Scenario::GetUser | Scenario::ListUsersQuery))
@@ -375,9 +430,9 @@ async fn measure(
         // Latency at half the peak rate, where a service should run.
         if let Some(rate) = half {
             let report = load::run(
-                &target,
+                target,
                 scenario,
-                &settings.load(scenario, server.pid(), Some(rate)),
+                &settings.load(scenario, c.server.pid(), Some(rate)),
             )
             .await;
             print_report(&format!("{name} {} at half peak", scenario.name()), &report);
@@ -391,7 +446,13 @@ async fn measure(
             });
         }
     }
-    server.stop().await
+    for c in contenders {
+        c.server.stop().await?;
+        if let Some(url) = c.database {
+            drop_database(settings, &url).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Search terms for a dataset of `users`: enough to spread over it.
@@ -526,9 +587,9 @@ const BASELINES: [(Kind, &str, Scenario); 3] = [
     (Kind::Insert, "insert", Scenario::CreateUser),
 ];
 
-/// Whether the baseline measured with `measured` runs right after Roster's
-/// `scenario`, of the selected `scenarios`: after `measured` itself when
-/// it is selected, else after the last selected scenario compared with it
+/// Whether the baseline measured with `measured` takes turns with Roster's
+/// `scenario`, of the selected `scenarios`: with `measured` itself when
+/// it is selected, else with the last selected scenario compared with it
 /// (a read with a read baseline, a write with a write one), and never
 /// when none is.
 fn baseline_follows(measured: Scenario, scenario: Scenario, scenarios: &[Scenario]) -> bool {
@@ -557,22 +618,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
     let queries = search_terms(settings.users);
 
     eprintln!("baseline noop (transport)");
-    let noop = spawn_baseline(Kind::Noop, None, 0)?;
-    let picks = Picks {
-        ids: Arc::new((0..1000).map(baseline::row_id).collect()),
-        queries: queries.clone(),
-        run,
-    };
-    measure(
-        &settings,
-        noop,
-        &picks,
-        &[Scenario::GetUser, Scenario::CreateUser],
-        None,
-        "noop",
-        &mut rows,
-    )
-    .await?;
+    let baseline_ids = Arc::new(
+        (0..settings.users)
+            .map(baseline::row_id)
+            .collect::<Vec<_>>(),
+    );
+    for scenario in [Scenario::GetUser, Scenario::CreateUser] {
+        let noop = Contender {
+            server: spawn_baseline(Kind::Noop, None, 0)?,
+            name: "noop",
+            scenario,
+            picks: Picks {
+                ids: baseline_ids.clone(),
+                queries: queries.clone(),
+                run,
+            },
+            database: None,
+        };
+        measure(&settings, vec![noop], None, &mut rows).await?;
+    }
 
     for &backend in &settings.backends {
         let backend_dir = dir.join(format!("{backend:?}").to_lowercase());
@@ -588,46 +652,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
         // Each scenario gets a Roster process of its own, over the same
         // database, so that its memory figures are its own: memory one
         // scenario's peak left with the allocator (a burst of password
-        // hashing, say) would otherwise show in the next one's. A baseline
-        // runs right after the scenario it is compared with, so that the
-        // machine's speed, which drifts over minutes, is nearly the same
-        // for both.
+        // hashing, say) would otherwise show in the next one's. The
+        // baselines a scenario is compared with take the load in turns
+        // with it (`--turns`), so that the machine's speed, which drifts,
+        // is the same for all of them.
         for &scenario in &scenarios {
-            let roster = spawn_roster(&settings, &url, &backend_dir)?;
-            measure(
-                &settings,
-                roster,
-                &picks,
-                &[scenario],
-                Some(backend),
-                "roster",
-                &mut rows,
-            )
-            .await?;
+            let mut contenders = vec![Contender {
+                server: spawn_roster(&settings, &url, &backend_dir)?,
+                name: "roster",
+                scenario,
+                picks: picks.clone(),
+                database: None,
+            }];
             for (kind, name, measured) in BASELINES {
                 if !baseline_follows(measured, scenario, &scenarios) {
                     continue;
                 }
-                eprintln!("{backend:?}: baseline {name}");
+                eprintln!("{backend:?}: baseline {name}, in turns with roster");
                 let url = new_database(&settings, backend, &backend_dir, name).await?;
-                let server = spawn_baseline(kind, Some(&url), settings.users)?;
-                let picks = Picks {
-                    ids: Arc::new((0..settings.users).map(baseline::row_id).collect()),
-                    queries: queries.clone(),
-                    run,
-                };
-                measure(
-                    &settings,
-                    server,
-                    &picks,
-                    &[measured],
-                    Some(backend),
+                contenders.push(Contender {
+                    server: spawn_baseline(kind, Some(&url), settings.users)?,
                     name,
-                    &mut rows,
-                )
-                .await?;
-                drop_database(&settings, &url).await?;
+                    scenario: measured,
+                    picks: Picks {
+                        ids: baseline_ids.clone(),
+                        queries: queries.clone(),
+                        run,
+                    },
+                    database: Some(url),
+                });
             }
+            measure(&settings, contenders, Some(backend), &mut rows).await?;
         }
         drop_database(&settings, &url).await?;
     }
@@ -681,11 +736,18 @@ fn add_ratios(rows: &mut [Row]) {
 pub fn markdown(results: &Results) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "| backend | server | scenario | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU s | peak RSS MB | × storage baseline | × transport baseline |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | server | scenario | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU µs/call | load generator CPU µs/call | peak RSS MB | × storage baseline | × transport baseline |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let ratio = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"));
     for row in &results.rows {
+        let per_call = |seconds: Option<f64>| {
+            #[allow(clippy::cast_precision_loss, reason = "a figure for a table")]
+            let calls = row.report.requests as f64;
+            seconds
+                .filter(|_| calls > 0.0)
+                .map_or_else(|| "–".to_owned(), |s| format!("{:.1}", s * 1e6 / calls))
+        };
         let r = &row.report;
         let scenario = match row.variant {
             Some(v) => format!("{} ({v})", r.scenario.name()),
@@ -693,7 +755,7 @@ pub fn markdown(results: &Results) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {} | {} |",
             row.backend
                 .map_or("–".to_owned(), |b| format!("{b:?}").to_lowercase()),
             row.server,
@@ -704,7 +766,8 @@ pub fn markdown(results: &Results) -> String {
             r.p99_ms,
             r.max_ms,
             r.errors.values().sum::<u64>(),
-            r.server_cpu_seconds.unwrap_or(0.0),
+            per_call(r.server_cpu_seconds),
+            per_call(r.load_generator_cpu_seconds),
             r.server_rss_peak_mb.unwrap_or(0.0),
             ratio(row.ratio_to_storage_baseline),
             ratio(row.ratio_to_transport_baseline),
@@ -720,7 +783,7 @@ mod tests {
     use clap::ValueEnum as _;
 
     #[test]
-    fn each_baseline_runs_once_right_after_the_scenario_it_is_compared_with() {
+    fn each_baseline_takes_turns_with_one_scenario_it_is_compared_with() {
         use Scenario::{CreateUser, GetUser, ListUsersQuery, Mixed, UpdateUserMetadata};
         let after = |scenarios: &[Scenario]| {
             BASELINES

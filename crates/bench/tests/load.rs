@@ -130,10 +130,9 @@ fn load_measures_each_scenario_against_a_seeded_roster() {
             0.0 < p50 && p50 <= p99 && p99 <= max,
             "{scenario}: {report}"
         );
-        assert!(
-            report["server_cpu_seconds"].as_f64().unwrap() > 0.0,
-            "{scenario}"
-        );
+        for cpu in ["server_cpu_seconds", "load_generator_cpu_seconds"] {
+            assert!(report[cpu].as_f64().unwrap() > 0.0, "{scenario}: {cpu}");
+        }
         assert!(
             report["server_rss_peak_mb"].as_f64().unwrap() > 1.0,
             "{scenario}"
@@ -164,4 +163,76 @@ fn load_measures_each_scenario_against_a_seeded_roster() {
     let missed = report["errors"]["NotFound"].as_u64().unwrap();
     let found = report["requests"].as_u64().unwrap();
     assert!(missed > 0 && missed > 10 * found, "{report}");
+}
+
+#[test]
+fn the_suite_measures_roster_and_its_baselines_in_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let roster = roster_bin();
+    let output = bench(&[
+        "suite",
+        "--roster-bin",
+        roster.to_str().unwrap(),
+        "--backends",
+        "sqlite",
+        "--scenarios",
+        "get_user",
+        "--users",
+        "200",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--warmup-seconds",
+        "0",
+        "--seconds",
+        "2",
+        "--turns",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    let named: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["server"].as_str().unwrap(),
+                r["variant"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("noop", ""),
+            ("noop", ""),
+            ("roster", ""),
+            ("roster", "half_peak"),
+            ("select", ""),
+            ("select_pool", ""),
+        ]
+    );
+    for row in rows {
+        assert_eq!(row["errors"], serde_json::json!({}), "{row}");
+        assert!(row["requests"].as_u64().unwrap() > 0, "{row}");
+        // Roster's get_user and its two baselines took the load in two
+        // turns each; the noop baseline and the run at half peak, alone.
+        let turns = row["requests_per_second_by_turn"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let in_turns = row["backend"] == "sqlite" && row["variant"].is_null();
+        assert_eq!(turns, if in_turns { 2 } else { 0 }, "{row}");
+    }
+    let ratio = rows[2]["ratio_to_storage_baseline"].as_f64().unwrap();
+    let (roster, select) = (
+        rows[2]["requests_per_second"].as_f64().unwrap(),
+        rows[4]["requests_per_second"].as_f64().unwrap(),
+    );
+    assert!((ratio - roster / select).abs() < 1e-9, "{ratio}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("| load generator CPU µs/call |"), "{table}");
 }
