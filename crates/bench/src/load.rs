@@ -90,6 +90,9 @@ pub struct Target {
     /// Distinguishes this run's new usernames and addresses from earlier
     /// runs' against the same database.
     pub run: u64,
+    /// And from the other turns of this run (`suite --turns`), whose
+    /// workers count their calls from zero again.
+    pub turn: u32,
 }
 
 /// How hard and how long.
@@ -264,8 +267,9 @@ impl Worker {
     /// A username no other call of any run uses.
     fn unique(&self, scenario: Scenario) -> String {
         format!(
-            "r{}{}w{}n{}",
+            "r{}t{}{}w{}n{}",
             self.target.run,
+            self.target.turn,
             scenario.name().replace('_', ""),
             self.id,
             self.sequence
@@ -625,6 +629,7 @@ mod tests {
             ids: Arc::new(vec![crate::baseline::row_id(0)]),
             queries: Arc::new(vec!["x".to_owned()]),
             run: 1,
+            turn: 0,
         };
         let load = Load {
             concurrency: 8,

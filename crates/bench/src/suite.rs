@@ -386,6 +386,7 @@ async fn measure(
             ids: c.picks.ids.clone(),
             queries: c.picks.queries.clone(),
             run: c.picks.run,
+            turn: 0,
         });
     }
     let turns = if contenders.len() > 1 {
@@ -395,7 +396,8 @@ async fn measure(
     };
     let mut taken: Vec<Vec<load::Turn>> = contenders.iter().map(|_| Vec::new()).collect();
     for turn in 0..turns {
-        for ((c, target), taken) in contenders.iter().zip(&targets).zip(&mut taken) {
+        for ((c, target), taken) in contenders.iter().zip(&mut targets).zip(&mut taken) {
+            target.turn = turn;
             let load = settings.turn(c.scenario, c.server.pid(), turn, turns);
             let measured = load::run_turn(target, c.scenario, &load).await;
             if turns > 1 {
@@ -496,6 +498,7 @@ pub async fn load_running(
         ids: Arc::new(ids),
         queries: search_terms(users),
         run: run_id(),
+        turn: 0,
     };
     let report = load::run(&target, scenario, load).await;
     print_report(scenario.name(), &report);

@@ -177,7 +177,7 @@ fn the_suite_measures_roster_and_its_baselines_in_turns() {
         "--backends",
         "sqlite",
         "--scenarios",
-        "get_user",
+        "get_user,create_user",
         "--users",
         "200",
         "--concurrency",
@@ -214,25 +214,30 @@ fn the_suite_measures_roster_and_its_baselines_in_turns() {
             ("roster", "half_peak"),
             ("select", ""),
             ("select_pool", ""),
+            ("roster", ""),
+            ("insert", ""),
         ]
     );
     for row in rows {
         assert_eq!(row["errors"], serde_json::json!({}), "{row}");
         assert!(row["requests"].as_u64().unwrap() > 0, "{row}");
-        // Roster's get_user and its two baselines took the load in two
-        // turns each; the noop baseline and the run at half peak, alone.
+        // Roster's get_user and create_user and their baselines took the
+        // load in two turns each (creating other users in each turn); the
+        // noop baseline and the run at half peak, alone.
         let turns = row["requests_per_second_by_turn"]
             .as_array()
             .map_or(0, Vec::len);
         let in_turns = row["backend"] == "sqlite" && row["variant"].is_null();
         assert_eq!(turns, if in_turns { 2 } else { 0 }, "{row}");
     }
-    let ratio = rows[2]["ratio_to_storage_baseline"].as_f64().unwrap();
-    let (roster, select) = (
-        rows[2]["requests_per_second"].as_f64().unwrap(),
-        rows[4]["requests_per_second"].as_f64().unwrap(),
-    );
-    assert!((ratio - roster / select).abs() < 1e-9, "{ratio}");
+    for (roster, baseline) in [(2, 4), (6, 7)] {
+        let ratio = rows[roster]["ratio_to_storage_baseline"].as_f64().unwrap();
+        let rate = |i: usize| rows[i]["requests_per_second"].as_f64().unwrap();
+        assert!(
+            (ratio - rate(roster) / rate(baseline)).abs() < 1e-9,
+            "{ratio}"
+        );
+    }
     let table = String::from_utf8(output.stdout).unwrap();
     assert!(table.contains("| load generator CPU µs/call |"), "{table}");
 }
