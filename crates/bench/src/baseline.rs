@@ -121,6 +121,20 @@ async fn fill(pool: &Pool, rows: usize) -> anyhow::Result<()> {
             Pool::None => {}
         }
     }
+    // Settled as `roster-bench seed` settles Roster's dataset, so that
+    // autovacuum does not wake for the new rows while Roster's turns run.
+    let settle = "VACUUM (ANALYZE) bench_users";
+    match pool {
+        Pool::Postgres(p) => {
+            sqlx::query(settle)
+                .execute(&mut *p.acquire().await?)
+                .await?;
+        }
+        Pool::PostgresSqlx(p) => {
+            sqlx::query(settle).execute(p).await?;
+        }
+        Pool::Sqlite(..) | Pool::None => {}
+    }
     Ok(())
 }
 
