@@ -406,13 +406,15 @@ impl Turn {
     /// and CPU time added up, memory from the first turn's start to the
     /// last one's end, its peak the highest. `None` for no turns.
     pub fn merge(turns: Vec<Self>) -> Option<Self> {
+        let rates: Vec<f64> = if turns.len() > 1 {
+            turns.iter().map(Self::requests_per_second).collect()
+        } else {
+            Vec::new()
+        };
         let mut turns = turns.into_iter();
         let mut merged = turns.next()?;
+        merged.rates = rates;
         for turn in turns {
-            if merged.rates.is_empty() {
-                merged.rates.push(merged.requests_per_second());
-            }
-            merged.rates.push(turn.requests_per_second());
             merged.latencies_us.extend(turn.latencies_us);
             for (code, n) in turn.errors {
                 *merged.errors.entry(code).or_default() += n;
