@@ -33,9 +33,9 @@ start_postgres() {
   PG_DIR=$(mktemp -d /tmp/roster-pg.XXXXXX)
   chmod 755 "$PG_DIR"
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PG_DIR"; fi
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   as_postgres "$bindir/initdb -D $PG_DIR/data -U postgres --auth=trust -N -E UTF8 --no-locale >$PG_DIR/initdb.log 2>&1" \
     || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   as_postgres "$bindir/pg_ctl -D $PG_DIR/data -l $PG_DIR/postgres.log -w -t 60 \
     -o '-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=${ROSTER_TEST_POSTGRES_SHARED_BUFFERS:-1GB}' start >/dev/null" \
     || { cat "$PG_DIR/postgres.log" >&2; return 1; }

@@ -46,7 +46,7 @@ async fn calls_past_the_limit_are_shed_at_once() {
             .set_profile_image(tokio_stream::wrappers::ReceiverStream::new(receive))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_for_in_flight(&server, 1).await;
 
     let mut users = UserServiceClient::connect(server.endpoint()).await.unwrap();
     let refused = users
@@ -96,6 +96,9 @@ async fn calls_past_the_limit_are_shed_at_once() {
             .unwrap()
             .has_image
     );
+    // The slot frees when the server is done with the upload's response,
+    // which may be just after the client has it.
+    wait_for_in_flight(&server, 0).await;
     users
         .get_user(v1::GetUserRequest {
             id: user.id.to_string(),
@@ -117,4 +120,22 @@ async fn calls_past_the_limit_are_shed_at_once() {
         "roster_grpc_requests_total{service=\"roster.v1.UserService\",method=\"GetUser\",code=\"UNAVAILABLE\"} 1"
     ));
     server.stop().await;
+}
+
+/// Waits (bounded) until the metrics count `calls` in flight.
+async fn wait_for_in_flight(server: &TestServer, calls: u32) {
+    let expected = format!("roster_grpc_requests_in_flight {calls}\n");
+    for _ in 0..200 {
+        let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(&expected) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never {calls} calls in flight");
 }

@@ -265,7 +265,7 @@ def test_postgres_connections_follow_the_setting(stubs):
 
 def test_sigterm_flips_health_drains_a_slow_call_and_exits_zero(stubs):
     users, grpc_users = stubs["users"], stubs["users_grpc"]
-    server = Server("sqlite", env={"ROSTER_SHUTDOWN_GRACE": "1s"})
+    server = Server("sqlite", env={"ROSTER_SHUTDOWN_GRACE": "3s"})
     release = threading.Event()
     png = io.BytesIO()
     from PIL import Image
@@ -282,7 +282,11 @@ def test_sigterm_flips_health_drains_a_slow_call_and_exits_zero(stubs):
             yield users.SetProfileImageRequest(chunk=png.getvalue())
 
         call = client.SetProfileImage.future(slow_upload())
-        time.sleep(0.5)
+        wait_until(
+            lambda: metric(http_get(server, "/metrics")[1], "roster_grpc_requests_in_flight") >= 1,
+            10,
+            "the upload in flight",
+        )
         server.process.send_signal(signal.SIGTERM)
         wait_until(lambda: health(channel) == 2, 5, "NOT_SERVING")
         assert http_get(server, "/readyz")[0] == 503
@@ -290,7 +294,7 @@ def test_sigterm_flips_health_drains_a_slow_call_and_exits_zero(stubs):
         assert health(channel, "liveness") == 1
         # Past the grace period the listener is closed, but the call in
         # flight goes on.
-        time.sleep(1.5)
+        time.sleep(3.5)
         assert server.process.poll() is None
         release.set()
         result = call.result(timeout=30)
