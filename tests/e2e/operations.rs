@@ -106,12 +106,7 @@ async fn calls_past_the_limit_are_shed_at_once() {
         .await
         .unwrap();
 
-    let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("roster_grpc_requests_shed_total{reason=\"overloaded\"} 1"),
         "{metrics}"
@@ -126,16 +121,19 @@ async fn calls_past_the_limit_are_shed_at_once() {
 async fn wait_for_in_flight(server: &TestServer, calls: u32) {
     let expected = format!("roster_grpc_requests_in_flight {calls}\n");
     for _ in 0..200 {
-        let metrics = reqwest::get(format!("http://{}/metrics", server.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains(&expected) {
+        if metrics(server).await.contains(&expected) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("never {calls} calls in flight");
+}
+
+async fn metrics(server: &TestServer) -> String {
+    reqwest::get(format!("http://{}/metrics", server.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
