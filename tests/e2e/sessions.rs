@@ -509,7 +509,6 @@ async fn failed_sign_ins_lock_out_counted_under_concurrency(backend: Backend) {
     server.stop().await;
 }
 
-/// Median time of `f` over a few runs.
 /// Median times of seven calls each of `a` and `b`, taken in alternation
 /// so that a busy spell of the machine slows both alike.
 async fn median_times<A, B, FutA, FutB>(mut a: A, mut b: B) -> (Duration, Duration)
