@@ -509,16 +509,12 @@ pub async fn run_turn(target: &Target, scenario: Scenario, load: &Load) -> Turn 
     let counted = Arc::new(AtomicU64::new(0));
     let counted_all = Arc::new(tokio::sync::Notify::new());
     let limit = load.requests;
-    let mut due = match load.rate {
-        Some(rate) => pace(rate, load.concurrency, stop.clone())
-            .into_iter()
-            .map(Some)
-            .collect(),
-        None => Vec::new(),
-    };
-    due.resize_with(load.concurrency, || None);
+    let mut pacing = load
+        .rate
+        .map(|rate| pace(rate, load.concurrency, stop.clone()).into_iter());
     let mut workers = Vec::new();
-    for (id, mut due) in due.into_iter().enumerate() {
+    for id in 0..load.concurrency {
+        let mut due = pacing.as_mut().and_then(Iterator::next);
         let channel = target.channels[id % target.channels.len()].clone();
         let mut worker = Worker {
             calls: Calls::new(channel),

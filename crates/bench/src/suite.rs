@@ -595,7 +595,11 @@ const BASELINES: [(Kind, &str, Scenario); 3] = [
 /// it is selected, else with the last selected scenario compared with it
 /// (a read with a read baseline, a write with a write one), and never
 /// when none is.
-fn baseline_follows(measured: Scenario, scenario: Scenario, scenarios: &[Scenario]) -> bool {
+fn baseline_takes_turns_with(
+    measured: Scenario,
+    scenario: Scenario,
+    scenarios: &[Scenario],
+) -> bool {
     if scenarios.contains(&measured) {
         return scenario == measured;
     }
@@ -668,7 +672,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Results> {
                 database: None,
             }];
             for (kind, name, measured) in BASELINES {
-                if !baseline_follows(measured, scenario, &scenarios) {
+                if !baseline_takes_turns_with(measured, scenario, &scenarios) {
                     continue;
                 }
                 eprintln!("{backend:?}: baseline {name}, in turns with roster");
@@ -781,7 +785,9 @@ pub fn markdown(results: &Results) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{BASELINES, Kind, LOAD_IDS, Scenario, baseline_follows, kind_arg, load_usernames};
+    use super::{
+        BASELINES, Kind, LOAD_IDS, Scenario, baseline_takes_turns_with, kind_arg, load_usernames,
+    };
     use crate::seed;
     use clap::ValueEnum as _;
 
@@ -795,7 +801,7 @@ mod tests {
                     let followed: Vec<Scenario> = scenarios
                         .iter()
                         .copied()
-                        .filter(|&s| baseline_follows(measured, s, scenarios))
+                        .filter(|&s| baseline_takes_turns_with(measured, s, scenarios))
                         .collect();
                     (name, followed)
                 })
