@@ -22,7 +22,7 @@ const PASSWORD: &str = "correct horse battery";
 const PRIVATE_MARK: &str = "private-mark-7e1f";
 
 fn metadata(json: serde_json::Value) -> prost_types::Struct {
-    roster_proto::convert::metadata_to_struct(&roster_domain::Metadata::parse(json).unwrap())
+    roster_proto::convert::metadata_to_struct(roster_domain::Metadata::parse(json).unwrap())
 }
 
 fn json_of(m: &roster_domain::Metadata) -> serde_json::Value {

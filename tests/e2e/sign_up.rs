@@ -20,7 +20,7 @@ fn reason(status: &tonic::Status) -> String {
 }
 
 fn metadata(json: serde_json::Value) -> prost_types::Struct {
-    roster_proto::convert::metadata_to_struct(&roster_domain::Metadata::parse(json).unwrap())
+    roster_proto::convert::metadata_to_struct(roster_domain::Metadata::parse(json).unwrap())
 }
 
 async fn sign_up_with_an_email_code_and_a_password(backend: Backend) {

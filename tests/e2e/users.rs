@@ -10,7 +10,7 @@ use crate::harness::{Backend, TestServer, failure, on_both_backends, violated_fi
 
 fn metadata(value: serde_json::Value) -> Option<Struct> {
     Some(roster_proto::convert::metadata_to_struct(
-        &roster_domain::Metadata::parse(value).unwrap(),
+        roster_domain::Metadata::parse(value).unwrap(),
     ))
 }
 

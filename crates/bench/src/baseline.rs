@@ -164,7 +164,7 @@ impl Baseline {
         match &self.pool {
             Pool::Sqlite(_, Some(readers)) => {
                 let statement = Statement {
-                    sql: sql.to_owned(),
+                    sql: sql.into(),
                     binds: vec![Bind::Text(id.to_owned())],
                 };
                 let rows = readers

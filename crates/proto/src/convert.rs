@@ -43,23 +43,27 @@ pub fn from_timestamp(t: &prost_types::Timestamp) -> Timestamp {
     )
 }
 
-fn json_to_value(json: &Json) -> Value {
+fn json_to_value(json: Json) -> Value {
     let kind = match json {
         Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Bool(b) => Kind::BoolValue(b),
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::String(s) => Kind::StringValue(s),
         Json::Array(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(json_to_value).collect(),
+            values: items.into_iter().map(json_to_value).collect(),
         }),
-        Json::Object(map) => Kind::StructValue(Struct {
-            fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_value(v)))
-                .collect(),
-        }),
+        Json::Object(map) => Kind::StructValue(object_to_struct(map)),
     };
     Value { kind: Some(kind) }
+}
+
+fn object_to_struct(map: serde_json::Map<String, Json>) -> Struct {
+    Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
 }
 
 fn value_to_json(value: Value) -> Result<Json, FieldViolation> {
@@ -104,14 +108,8 @@ fn struct_to_json(s: Struct) -> Result<Json, FieldViolation> {
 }
 
 /// Metadata as a protobuf `Struct`.
-pub fn metadata_to_struct(metadata: &Metadata) -> Struct {
-    Struct {
-        fields: metadata
-            .as_map()
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-    }
+pub fn metadata_to_struct(metadata: Metadata) -> Struct {
+    object_to_struct(metadata.into_map())
 }
 
 /// A protobuf `Struct` as metadata.
@@ -150,12 +148,25 @@ fn opt_string<T: ToString>(value: Option<&T>) -> String {
 
 /// An email address of `user` as the API shows it.
 pub fn email_address(user: &User, e: &EmailAddress) -> v1::EmailAddress {
+    email_address_of(
+        user.id.as_str(),
+        user.primary_email_address_id.as_ref(),
+        e.clone(),
+    )
+}
+
+/// An email address of the user `user_id`, whose primary one is `primary`.
+fn email_address_of(
+    user_id: &str,
+    primary: Option<&IdentificationId>,
+    e: EmailAddress,
+) -> v1::EmailAddress {
     v1::EmailAddress {
-        id: e.id.to_string(),
-        user_id: user.id.to_string(),
-        email_address: e.email.to_string(),
+        primary: primary == Some(&e.id),
+        id: e.id.into_string(),
+        user_id: user_id.to_owned(),
+        email_address: e.email.into_string(),
         verification: Some(verification(&e.verification)),
-        primary: user.primary_email_address_id.as_ref() == Some(&e.id),
         created_at: Some(timestamp(e.created_at)),
         updated_at: Some(timestamp(e.updated_at)),
     }
@@ -163,12 +174,25 @@ pub fn email_address(user: &User, e: &EmailAddress) -> v1::EmailAddress {
 
 /// A phone number of `user` as the API shows it.
 pub fn phone_number(user: &User, p: &PhoneNumber) -> v1::PhoneNumber {
+    phone_number_of(
+        user.id.as_str(),
+        user.primary_phone_number_id.as_ref(),
+        p.clone(),
+    )
+}
+
+/// A phone number of the user `user_id`, whose primary one is `primary`.
+fn phone_number_of(
+    user_id: &str,
+    primary: Option<&IdentificationId>,
+    p: PhoneNumber,
+) -> v1::PhoneNumber {
     v1::PhoneNumber {
-        id: p.id.to_string(),
-        user_id: user.id.to_string(),
-        phone_number: p.phone.to_string(),
+        primary: primary == Some(&p.id),
+        id: p.id.into_string(),
+        user_id: user_id.to_owned(),
+        phone_number: p.phone.into_string(),
         verification: Some(verification(&p.verification)),
-        primary: user.primary_phone_number_id.as_ref() == Some(&p.id),
         reserved_for_second_factor: p.reserved_for_second_factor,
         default_second_factor: p.default_second_factor,
         created_at: Some(timestamp(p.created_at)),
@@ -261,64 +285,97 @@ pub fn image_url(u: &User, public_url: &str) -> String {
 }
 
 /// A user as the Backend API shows it; image URLs start with `public_url`.
-pub fn user(u: &User, public_url: &str) -> v1::User {
+/// Its texts move into the message.
+pub fn user(u: User, public_url: &str) -> v1::User {
+    let image_url = image_url(&u, public_url);
+    let has_image = u.has_image();
+    let two_factor_enabled = u.two_factor_enabled();
+    let User {
+        id,
+        external_id,
+        first_name,
+        last_name,
+        username,
+        locale,
+        primary_email_address_id,
+        primary_phone_number_id,
+        email_addresses,
+        phone_numbers,
+        password_enabled,
+        public_metadata,
+        private_metadata,
+        unsafe_metadata,
+        banned,
+        locked,
+        image: _,
+        created_at,
+        updated_at,
+        last_sign_in_at,
+    } = u;
+    let id = id.into_string();
+    let email_addresses = email_addresses
+        .into_iter()
+        .map(|e| email_address_of(&id, primary_email_address_id.as_ref(), e))
+        .collect();
+    let phone_numbers = phone_numbers
+        .into_iter()
+        .map(|p| phone_number_of(&id, primary_phone_number_id.as_ref(), p))
+        .collect();
     v1::User {
-        id: u.id.to_string(),
-        external_id: opt_string(u.external_id.as_ref()),
-        first_name: opt_string(u.first_name.as_ref()),
-        last_name: opt_string(u.last_name.as_ref()),
-        username: opt_string(u.username.as_ref()),
-        locale: opt_string(u.locale.as_ref()),
-        image_url: image_url(u, public_url),
-        has_image: u.has_image(),
-        primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
-        primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
-        email_addresses: u
-            .email_addresses
-            .iter()
-            .map(|e| email_address(u, e))
-            .collect(),
-        phone_numbers: u.phone_numbers.iter().map(|p| phone_number(u, p)).collect(),
+        id,
+        external_id: or_empty(external_id, ExternalId::into_string),
+        first_name: or_empty(first_name, Name::into_string),
+        last_name: or_empty(last_name, Name::into_string),
+        username: or_empty(username, Username::into_string),
+        locale: or_empty(locale, Locale::into_string),
+        image_url,
+        has_image,
+        primary_email_address_id: or_empty(primary_email_address_id, IdentificationId::into_string),
+        primary_phone_number_id: or_empty(primary_phone_number_id, IdentificationId::into_string),
+        email_addresses,
+        phone_numbers,
         external_accounts: Vec::new(),
-        password_enabled: u.password_enabled,
-        two_factor_enabled: u.two_factor_enabled(),
-        public_metadata: Some(metadata_to_struct(&u.public_metadata)),
-        private_metadata: Some(metadata_to_struct(&u.private_metadata)),
-        unsafe_metadata: Some(metadata_to_struct(&u.unsafe_metadata)),
-        banned: u.banned,
-        locked: u.locked,
-        created_at: Some(timestamp(u.created_at)),
-        updated_at: Some(timestamp(u.updated_at)),
-        last_sign_in_at: u.last_sign_in_at.map(timestamp),
+        password_enabled,
+        two_factor_enabled,
+        public_metadata: Some(metadata_to_struct(public_metadata)),
+        private_metadata: Some(metadata_to_struct(private_metadata)),
+        unsafe_metadata: Some(metadata_to_struct(unsafe_metadata)),
+        banned,
+        locked,
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(updated_at)),
+        last_sign_in_at: last_sign_in_at.map(timestamp),
     }
+}
+
+/// The text of an optional value, empty where there is none.
+fn or_empty<T>(value: Option<T>, into_string: impl FnOnce(T) -> String) -> String {
+    value.map_or_else(String::new, into_string)
 }
 
 /// A user as the Frontend API shows it to the user: no private metadata
 /// (the message has no field for it), and no backend-only state.
-pub fn account(u: &User, public_url: &str) -> v1::Account {
+pub fn account(u: User, public_url: &str) -> v1::Account {
+    let u = user(u, public_url);
     v1::Account {
-        id: u.id.to_string(),
-        first_name: opt_string(u.first_name.as_ref()),
-        last_name: opt_string(u.last_name.as_ref()),
-        username: opt_string(u.username.as_ref()),
-        locale: opt_string(u.locale.as_ref()),
-        image_url: image_url(u, public_url),
-        has_image: u.has_image(),
-        primary_email_address_id: opt_string(u.primary_email_address_id.as_ref()),
-        primary_phone_number_id: opt_string(u.primary_phone_number_id.as_ref()),
-        email_addresses: u
-            .email_addresses
-            .iter()
-            .map(|e| email_address(u, e))
-            .collect(),
-        phone_numbers: u.phone_numbers.iter().map(|p| phone_number(u, p)).collect(),
+        id: u.id,
+        first_name: u.first_name,
+        last_name: u.last_name,
+        username: u.username,
+        locale: u.locale,
+        image_url: u.image_url,
+        has_image: u.has_image,
+        primary_email_address_id: u.primary_email_address_id,
+        primary_phone_number_id: u.primary_phone_number_id,
+        email_addresses: u.email_addresses,
+        phone_numbers: u.phone_numbers,
         password_enabled: u.password_enabled,
-        two_factor_enabled: u.two_factor_enabled(),
-        public_metadata: Some(metadata_to_struct(&u.public_metadata)),
-        unsafe_metadata: Some(metadata_to_struct(&u.unsafe_metadata)),
-        created_at: Some(timestamp(u.created_at)),
-        updated_at: Some(timestamp(u.updated_at)),
-        last_sign_in_at: u.last_sign_in_at.map(timestamp),
+        two_factor_enabled: u.two_factor_enabled,
+        public_metadata: u.public_metadata,
+        unsafe_metadata: u.unsafe_metadata,
+        created_at: u.created_at,
+        updated_at: u.updated_at,
+        last_sign_in_at: u.last_sign_in_at,
     }
 }
 
@@ -369,7 +426,7 @@ pub fn sign_up(s: &SignUp, required: &SignUpRequirements, now: Timestamp) -> v1:
         password_enabled: s.password_hash.is_some(),
         first_name: opt_string(s.first_name.as_ref()),
         last_name: opt_string(s.last_name.as_ref()),
-        unsafe_metadata: Some(metadata_to_struct(&s.unsafe_metadata)),
+        unsafe_metadata: Some(metadata_to_struct(s.unsafe_metadata.clone())),
         created_user_id: opt_string(s.created_user_id.as_ref()),
         created_session_id: opt_string(s.created_session_id.as_ref()),
         created_at: Some(timestamp(s.created_at)),
@@ -1097,7 +1154,7 @@ mod tests {
     fn metadata_round_trips_through_struct() {
         let m = Metadata::parse(json!({"a": 1, "b": 1.5, "c": [true, null, "x"], "d": {"e": -3}}))
             .unwrap();
-        let back = metadata_from_struct(metadata_to_struct(&m)).unwrap();
+        let back = metadata_from_struct(metadata_to_struct(m.clone())).unwrap();
         assert_eq!(back, m);
     }
 
@@ -1199,7 +1256,7 @@ mod tests {
         .unwrap();
         u.last_sign_in_at = Some(Timestamp::from_millis(1_700_000_000_999));
         let base = "https://roster.example/";
-        let shown = user(&u, base);
+        let shown = user(u.clone(), base);
         assert_eq!(
             shown.image_url,
             format!("https://roster.example/avatars/{}.svg?initials=A", u.id)
@@ -1211,7 +1268,7 @@ mod tests {
             format: roster_domain::ImageFormat::Png,
         };
         u.set_image(image.clone(), u.created_at);
-        let shown = user(&u, base);
+        let shown = user(u.clone(), base);
         assert!(shown.has_image);
         assert_eq!(
             shown.image_url,

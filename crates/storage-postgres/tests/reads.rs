@@ -49,7 +49,7 @@ async fn a_read_connection_is_kept_until_it_fails() {
 /// Ends the session of the backend `pid`, waiting until it is gone.
 fn terminate(pid: i64) -> Statement {
     Statement {
-        sql: "SELECT pg_terminate_backend(CAST($1 AS integer), 5000)".to_owned(),
+        sql: "SELECT pg_terminate_backend(CAST($1 AS integer), 5000)".into(),
         binds: vec![Bind::Int(pid)],
     }
 }

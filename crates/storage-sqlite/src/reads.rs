@@ -223,8 +223,7 @@ mod tests {
         let readers = Readers::of(&path, Duration::from_secs(1)).unwrap();
         let types = [ColumnType::Text, ColumnType::Int, ColumnType::Bool];
         let statement = Statement {
-            sql: "SELECT a, b, c FROM t WHERE a = ? OR b = ? OR c = ? OR a IS ? ORDER BY a"
-                .to_owned(),
+            sql: "SELECT a, b, c FROM t WHERE a = ? OR b = ? OR c = ? OR a IS ? ORDER BY a".into(),
             binds: vec![
                 Bind::Json("y".into()),
                 Bind::Int(7),

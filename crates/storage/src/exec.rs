@@ -458,7 +458,7 @@ pub(crate) async fn insert_unindexed(
         conn.dialect(),
     );
     debug_assert!(before.is_empty() || conn.dialect() == Dialect::Sqlite);
-    statement.sql.insert_str(0, before);
+    statement.sql.to_mut().insert_str(0, before);
     let holders = read_holders(conn, statement).await?;
     Ok((changes, holders))
 }

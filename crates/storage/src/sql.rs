@@ -5,6 +5,7 @@
 //! statements once here keeps the two backends' filtering and ordering
 //! semantics identical; the contract suite checks they are.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 
@@ -37,10 +38,12 @@ pub enum Bind {
     Ints(Vec<i32>),
 }
 
-/// SQL text with its bound values, in placeholder order.
+/// SQL text with its bound values, in placeholder order. The text of a
+/// statement run on every call of a hot path is a `'static` one, neither
+/// built nor copied per call.
 #[derive(Clone, Debug)]
 pub struct Statement {
-    pub sql: String,
+    pub sql: Cow<'static, str>,
     pub binds: Vec<Bind>,
 }
 
@@ -48,7 +51,7 @@ impl Statement {
     /// SQL with nothing to bind.
     pub fn unbound(sql: &str) -> Self {
         Self {
-            sql: sql.to_owned(),
+            sql: Cow::Owned(sql.to_owned()),
             binds: Vec::new(),
         }
     }
@@ -261,7 +264,7 @@ impl Builder {
 
     pub(crate) fn finish(self) -> Statement {
         Statement {
-            sql: self.sql,
+            sql: Cow::Owned(self.sql),
             binds: self.binds,
         }
     }
@@ -540,8 +543,8 @@ fn push_rows(b: &mut Builder, rows: impl IntoIterator<Item = Vec<Bind>>) {
 /// not numbered).
 pub fn then(first: Statement, next: Statement) -> Statement {
     let Statement { mut sql, mut binds } = first;
-    sql.push_str("; ");
-    sql.push_str(&next.sql);
+    sql.to_mut().push_str("; ");
+    sql.to_mut().push_str(&next.sql);
     binds.extend(next.binds);
     Statement { sql, binds }
 }
@@ -886,17 +889,22 @@ fn push_identifier_holders(b: &mut Builder, changes: &[IdentifierChange], user_i
 pub fn user_by_id(id: &str, dialect: Dialect) -> Statement {
     fn select(dialect: Dialect) -> String {
         let columns = user_columns(dialect);
-        format!("SELECT {columns} FROM users u WHERE u.id = ")
+        let id = match dialect {
+            Dialect::Postgres => "$1",
+            Dialect::Sqlite => "?",
+        };
+        format!("SELECT {columns} FROM users u WHERE u.id = {id}")
     }
     static POSTGRES: LazyLock<String> = LazyLock::new(|| select(Dialect::Postgres));
     static SQLITE: LazyLock<String> = LazyLock::new(|| select(Dialect::Sqlite));
-    let prefix = match dialect {
+    let sql: &'static str = match dialect {
         Dialect::Postgres => &POSTGRES,
         Dialect::Sqlite => &SQLITE,
     };
-    let mut b = Builder::new(dialect, prefix);
-    b.bind(Bind::Text(id.to_owned()));
-    b.finish()
+    Statement {
+        sql: Cow::Borrowed(sql),
+        binds: vec![Bind::Text(id.to_owned())],
+    }
 }
 
 /// `SELECT … FOR UPDATE` of one user row, on PostgreSQL; `None` on SQLite,

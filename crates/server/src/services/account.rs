@@ -68,7 +68,7 @@ impl Accounts {
         let session = caller(&self.state, &request, false).await?;
         Ok(GetAccountResponse {
             account: Some(convert::account(
-                &self.user(&session.user_id).await?,
+                self.user(&session.user_id).await?,
                 self.state.images.public_url(),
             )),
         })
@@ -90,7 +90,7 @@ impl Accounts {
             )
             .await?;
         Ok(UpdateAccountResponse {
-            account: Some(convert::account(&user, self.state.images.public_url())),
+            account: Some(convert::account(user, self.state.images.public_url())),
         })
     }
 
@@ -113,7 +113,7 @@ impl Accounts {
             )
             .await?;
         Ok(UpdateUnsafeMetadataResponse {
-            account: Some(convert::account(&user, self.state.images.public_url())),
+            account: Some(convert::account(user, self.state.images.public_url())),
         })
     }
 
@@ -250,7 +250,7 @@ impl Accounts {
             .await?;
         tracing::info!(user_id = %user.id, kept_sessions = keep, "password changed by its user");
         Ok(ChangePasswordResponse {
-            account: Some(convert::account(&user, self.state.images.public_url())),
+            account: Some(convert::account(user, self.state.images.public_url())),
         })
     }
 
@@ -333,7 +333,7 @@ impl Accounts {
                 }),
             )
             .await?;
-        Ok(convert::account(&user, self.state.images.public_url()))
+        Ok(convert::account(user, self.state.images.public_url()))
     }
 
     /// Sends a code to one of the caller's identifiers; returns its user.
@@ -405,7 +405,7 @@ impl Accounts {
             .set(&self.state, &session.user_id, upload)
             .await?;
         Ok(AccountServiceSetProfileImageResponse {
-            account: Some(convert::account(&user, self.state.images.public_url())),
+            account: Some(convert::account(user, self.state.images.public_url())),
         })
     }
 
@@ -420,7 +420,7 @@ impl Accounts {
             .delete(&self.state, &session.user_id)
             .await?;
         Ok(AccountServiceDeleteProfileImageResponse {
-            account: Some(convert::account(&user, self.state.images.public_url())),
+            account: Some(convert::account(user, self.state.images.public_url())),
         })
     }
 

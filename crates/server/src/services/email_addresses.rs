@@ -140,7 +140,7 @@ impl EmailAddresses {
             .update_user(&owner, Box::new(move |r| r.user.remove_email(&id, now)))
             .await?;
         Ok(DeleteEmailAddressResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 }

@@ -155,7 +155,7 @@ impl PhoneNumbers {
             .update_user(&owner, Box::new(move |r| r.user.remove_phone(&id, now)))
             .await?;
         Ok(DeletePhoneNumberResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 }

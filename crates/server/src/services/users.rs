@@ -47,7 +47,7 @@ impl Users {
         self.state.users.insert_user(&record).await?;
         tracing::info!(user_id = %record.user.id, "user created");
         Ok(CreateUserResponse {
-            user: Some(convert::user(&record.user, self.state.images.public_url())),
+            user: Some(convert::user(record.user, self.state.images.public_url())),
         })
     }
 
@@ -60,7 +60,7 @@ impl Users {
             .await?
             .ok_or_else(|| DomainError::not_found("user", req.id))?;
         Ok(GetUserResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 
@@ -73,7 +73,7 @@ impl Users {
         Ok(ListUsersResponse {
             users: page
                 .users
-                .iter()
+                .into_iter()
                 .map(|u| convert::user(u, self.state.images.public_url()))
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -115,7 +115,7 @@ impl Users {
             )
             .await?;
         Ok(UpdateUserResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 
@@ -149,7 +149,7 @@ impl Users {
             .update_user(&id, Box::new(move |r| r.user.merge_metadata(patches, now)))
             .await?;
         Ok(UpdateUserMetadataResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 
@@ -172,7 +172,7 @@ impl Users {
                 }),
             )
             .await?;
-        Ok(convert::user(&user, self.state.images.public_url()))
+        Ok(convert::user(user, self.state.images.public_url()))
     }
 
     async fn verify_password(
@@ -230,7 +230,7 @@ impl Users {
         let id = user_id.ok_or(ApiError::Internal("an upload without its header"))?;
         let user = self.state.images.set(&self.state, &id, upload).await?;
         Ok(SetProfileImageResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 
@@ -241,7 +241,7 @@ impl Users {
         let id = convert::user_id("user_id", &req.user_id)?;
         let user = self.state.images.delete(&self.state, &id).await?;
         Ok(DeleteProfileImageResponse {
-            user: Some(convert::user(&user, self.state.images.public_url())),
+            user: Some(convert::user(user, self.state.images.public_url())),
         })
     }
 }
