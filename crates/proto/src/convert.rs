@@ -355,7 +355,9 @@ fn or_empty<T>(value: Option<T>, into_string: impl FnOnce(T) -> String) -> Strin
 
 /// A user as the Frontend API shows it to the user: no private metadata
 /// (the message has no field for it), and no backend-only state.
-pub fn account(u: User, public_url: &str) -> v1::Account {
+pub fn account(mut u: User, public_url: &str) -> v1::Account {
+    // Taken out first, so that it is not even converted.
+    u.private_metadata = Metadata::default();
     let u = user(u, public_url);
     v1::Account {
         id: u.id,
